@@ -1,0 +1,61 @@
+"""Console entry points (Hydra mains); configs ship inside the package in mckd/conf."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import warnings
+
+import hydra
+from omegaconf import DictConfig
+
+from mckd.errors import MckdError
+
+log = logging.getLogger("mckd")
+
+
+def quiet_libraries() -> None:
+    """Keep Lightning's per-call chatter and known-harmless warnings out of the user's log."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")  # also reaches DDP and loader workers
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed", "lightning.pytorch.callbacks.model_summary"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_pipeline(cfg: DictConfig) -> dict | None:
+    import lightning as L
+
+    from mckd.pipeline.orchestrator import Pipeline
+
+    quiet_libraries()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return Pipeline(cfg).run()
+
+
+def member_alias(argv: list[str]) -> list[str]:
+    """`student=a` (one pair member) means `member=a`: the `student` node itself is the student's model."""
+    return [re.sub(r"^student=([a-z])$", r"member=\1", arg) for arg in argv]
+
+
+def train() -> None:
+    sys.argv[1:] = member_alias(sys.argv[1:])
+    train_main()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def train_main(cfg: DictConfig) -> float | None:
+    """mckd-train: the whole MCKD pipeline, or the step named by `stage=`."""
+    try:
+        results = run_pipeline(cfg)
+    except MckdError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+    final = (results or {}).get("final") or {}
+    return final.get("val_miou")
+
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,114 @@
+"""One model factory: any segmentation_models_pytorch architecture, or a torchvision segmentation model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mckd.errors import MckdError
+
+log = logging.getLogger(__name__)
+
+TORCHVISION_ARCHS = (
+    "lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101",
+    "fcn_resnet50", "fcn_resnet101",
+)
+KEY_PREFIXES = ("module.", "model.", "encoder.", "backbone.", "features.")
+
+
+class ModelConfigError(MckdError, ValueError):
+    """A bad `model` config: the message names the key and what was expected."""
+
+
+class SegmentationNet(nn.Module):
+    """Any segmentation network as `images -> logits` at input size, padding inputs to `pad_multiple`."""
+
+    def __init__(self, net: nn.Module, pad_multiple: int = 32, returns_dict: bool = False):
+        super().__init__()
+        self.net, self.pad_multiple, self.returns_dict = net, pad_multiple, returns_dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = self.pad_multiple
+        pad_h, pad_w = (m - h % m) % m, (m - w % m) % m
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        out = self.net(x)
+        if self.returns_dict:
+            out = out["out"]
+        return out[..., :h, :w]
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.net.backbone if self.returns_dict else self.net.encoder
+
+
+def build_model(cfg: Mapping, num_classes: int) -> SegmentationNet:
+    """The network for a `model` config: {arch, encoder, encoder_weights, ...extra smp kwargs}."""
+    arch = cfg.get("arch")
+    weights = cfg.get("encoder_weights")
+    local_file = weights is not None and _looks_like_path(weights)
+    if arch in TORCHVISION_ARCHS:
+        model = _torchvision_model(arch, num_classes, None if local_file else weights)
+    else:
+        model = _smp_model(cfg, num_classes, None if local_file else weights)
+    if local_file:
+        load_encoder_weights(model.encoder, weights)
+    return model
+
+
+def _looks_like_path(weights: str) -> bool:
+    return any(ch in str(weights) for ch in "/\\") or str(weights).endswith((".pth", ".pt", ".bin", ".safetensors"))
+
+
+def _smp_model(cfg: Mapping, num_classes: int, weights: str | None) -> SegmentationNet:
+    import segmentation_models_pytorch as smp
+
+    extra = {k: v for k, v in cfg.items() if k not in ("arch", "encoder", "encoder_weights", "name")}
+    try:
+        net = smp.create_model(cfg["arch"], encoder_name=cfg.get("encoder", "resnet34"), encoder_weights=weights,
+                               classes=num_classes, **extra)
+    except KeyError as err:
+        archs = sorted(a.__name__ for a in smp.MODEL_ARCHITECTURES_MAPPING.values()) + list(TORCHVISION_ARCHS)
+        raise ModelConfigError(
+            f"model: unknown arch or encoder ({err}); arch={cfg.get('arch')!r}, encoder={cfg.get('encoder')!r}. "
+            f"Architectures: {archs}; encoders: smp.encoders.get_encoder_names()"
+        ) from None
+    return SegmentationNet(net, pad_multiple=32)
+
+
+def _torchvision_model(arch: str, num_classes: int, weights: str | None) -> SegmentationNet:
+    from torchvision.models import segmentation
+
+    # backbone weights by hub name need internet; None builds from scratch
+    kwargs = {"weights": None, "weights_backbone": weights, "num_classes": num_classes}
+    if arch != "lraspp_mobilenet_v3_large":
+        kwargs["aux_loss"] = False
+    return SegmentationNet(getattr(segmentation, arch)(**kwargs), pad_multiple=32, returns_dict=True)
+
+
+def load_encoder_weights(encoder: nn.Module, path: str):
+    """Load a local state dict into `encoder`; returns (and logs) the missing and unexpected keys."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ModelConfigError(f"model.encoder_weights={path}: file not found (a local weights file or a hub name)")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    own = encoder.state_dict().keys()
+    if not own & state.keys():  # try common wrapper prefixes
+        for prefix in KEY_PREFIXES:
+            stripped = {k.removeprefix(prefix): v for k, v in state.items()}
+            if own & stripped.keys():
+                state = stripped
+                break
+    if not own & state.keys():
+        raise ModelConfigError(f"model.encoder_weights={path}: none of its keys match the encoder")
+    result = nn.Module.load_state_dict(encoder, state, strict=False)
+    log.info("loaded encoder weights from %s: %d missing keys, %d unexpected keys %s", file,
+             len(result.missing_keys), len(result.unexpected_keys), result.unexpected_keys[:5])
+    return result

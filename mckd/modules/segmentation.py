@@ -1,0 +1,151 @@
+"""LightningModules: the teacher (supervised), the students (pseudo-labels + noise) and the labeler."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from mckd.data.source import IGNORE_INDEX
+from mckd.models import build_model
+from mckd.modules.inference import class_probs, per_sample_labels
+from mckd.modules.losses import SegmentationLoss
+
+
+def iou_metric(num_classes: int) -> MulticlassJaccardIndex:
+    """Per-class IoU accumulated over a whole split; classes absent from both prediction and truth are NaN."""
+    return MulticlassJaccardIndex(num_classes, ignore_index=IGNORE_INDEX, average="none", zero_division=float("nan"))
+
+
+def mean_iou(per_class: torch.Tensor) -> torch.Tensor:
+    return per_class.nanmean()
+
+
+class SegmentationModule(L.LightningModule):
+    """A segmentation network trained with cross-entropy (+ optional Dice) on ground truth: the teacher."""
+
+    def __init__(self, model: Mapping, num_classes: int, class_names: Sequence[str], optim: Mapping,
+                 loss: Mapping | None = None, inference: Mapping | None = None, name: str = "teacher",
+                 channels_last: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_model(model, num_classes)
+        self.class_names = list(class_names)
+        self.criterion = SegmentationLoss.from_config(loss)
+        self.inference = dict(inference or {})
+        self.val_iou, self.test_iou = iou_metric(num_classes), iou_metric(num_classes)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> SegmentationModule:
+        """Load a trained module; encoder weights come from the checkpoint, never re-read from their file."""
+        hparams = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
+        return cls.load_from_checkpoint(path, map_location=map_location,
+                                        model={**hparams["model"], "encoder_weights": None})
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        parts = self.criterion(self(batch["image"]), batch)
+        n = len(batch["image"])
+        terms = {f"train/{k}": v for k, v in parts.items() if k != "loss"}
+        if len(terms) > 1:  # the loss alone is logged as train/loss
+            self.log_dict(terms, batch_size=n)
+        self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        return parts["loss"]
+
+    def _eval_step(self, batch: dict, metric: MulticlassJaccardIndex) -> None:
+        probs = class_probs([self], batch["image"], flip=self.inference.get("flip", False),
+                            window=self.inference.get("window"), stride=self.inference.get("stride"))
+        metric.update(probs.argmax(1), batch["mask"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_iou)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_iou)
+
+    def _log_iou(self, prefix: str, metric: MulticlassJaccardIndex) -> None:
+        per_class = metric.compute()
+        metric.reset()
+        self.log(f"{prefix}/miou", mean_iou(per_class), prog_bar=True)
+        for name, iou in zip(self.class_names, per_class):
+            self.log(f"{prefix}/iou/{name}", iou)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_iou("val", self.val_iou)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_iou("test", self.test_iou)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        probs = class_probs([self], batch["image"], flip=self.inference.get("flip", False),
+                            window=self.inference.get("window"), stride=self.inference.get("stride"))
+        return per_sample_labels(probs, batch, self.inference.get("soft_topk", 0))
+
+    def configure_optimizers(self):
+        cfg = self.hparams.optim
+        if cfg["name"] == "adamw":
+            opt = torch.optim.AdamW(self.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 1e-4))
+        elif cfg["name"] == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
+                                  weight_decay=cfg.get("weight_decay", 1e-4), nesterov=cfg.get("nesterov", False))
+        else:
+            raise ValueError(f"optim.name={cfg['name']!r}: expected 'adamw' or 'sgd'")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        power = cfg.get("poly_power", 0.9)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1 - step / total) ** power)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def cutmix(batch: dict, generator: torch.Generator | None = None) -> dict:
+    """Paste one random box from a shuffled copy of the batch into every image and its label planes."""
+    images = batch["image"]
+    n, _, h, w = images.shape
+    perm = torch.randperm(n, generator=generator).to(images.device)
+    ratio = torch.rand(1, generator=generator).item() * 0.5 + 0.25  # box side as a fraction of the image
+    bh, bw = int(h * ratio), int(w * ratio)
+    top = int(torch.randint(0, h - bh + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - bw + 1, (1,), generator=generator))
+    mixed = dict(batch)
+    for key in ("image", "mask", "soft_ids", "soft_probs"):
+        if key in batch:
+            out = batch[key].clone()
+            out[..., top: top + bh, left: left + bw] = batch[key][perm][..., top: top + bh, left: left + bw]
+            mixed[key] = out
+    return mixed
+
+
+class StudentModule(SegmentationModule):
+    """A student (pair member or final): pseudo-label losses, plus CutMix between its training images."""
+
+    def __init__(self, *args, cutmix_prob: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cutmix_prob = cutmix_prob
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.cutmix_prob > 0 and len(batch["image"]) > 1 and torch.rand(1).item() < self.cutmix_prob:
+            batch = cutmix(batch)
+        return super().training_step(batch, batch_idx)
+
+
+class Labeler(L.LightningModule):
+    """Labels images with the mean class probabilities of several networks (cross-labeling ensembles)."""
+
+    def __init__(self, nets: Sequence[nn.Module], flip: bool = False, window: Sequence[int] | None = None,
+                 stride: Sequence[int] | None = None, soft_topk: int = 0):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.flip, self.window, self.stride, self.soft_topk = flip, window, stride, soft_topk
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        probs = class_probs(list(self.nets), batch["image"], self.flip, self.window, self.stride)
+        return per_sample_labels(probs, batch, self.soft_topk)

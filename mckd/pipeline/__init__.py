@@ -1,0 +1,1 @@
+"""Stages, orchestrator, pseudo-label store and results of the MCKD pipeline."""

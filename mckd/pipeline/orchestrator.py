@@ -1,0 +1,249 @@
+"""The MCKD pipeline: teacher, K-1 student-pair stages with cross-labeling, and the final student.
+
+Every step is skipped when its record (or, for labeling, its manifest) shows it finished, and an
+interrupted training resumes from its last checkpoint, so re-running an experiment is always safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from mckd.data import SegmentationDataModule
+from mckd.data.source import Sample
+from mckd.errors import MckdError
+from mckd.modules import Labeler, SegmentationModule, StudentModule
+from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_names
+from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_miou
+from mckd.pipeline.partition import stage_partitions
+from mckd.pipeline.results import write_results
+
+log = logging.getLogger("mckd")
+
+
+class ConfigError(MckdError, ValueError):
+    """A config value the pipeline cannot use."""
+STAGES = ("all", "teacher", "first", "final")
+
+
+def show_progress() -> bool:
+    """Progress bars only on an interactive terminal and never under CI."""
+    return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
+
+
+def model_config(node: DictConfig) -> dict:
+    """A `model` config node without the pipeline's own keys."""
+    cfg = OmegaConf.to_container(node, resolve=True)
+    cfg.pop("checkpoint", None)
+    return cfg
+
+
+class Pipeline:
+    """Runs the steps that `cfg.stage` asks for in one experiment directory."""
+
+    def __init__(self, cfg: DictConfig):
+        if cfg.stage not in STAGES:
+            raise ConfigError(f"stage={cfg.stage!r}: expected one of {STAGES}")
+        if cfg.num_stages < 1:
+            raise ConfigError(f"num_stages={cfg.num_stages}: expected >= 1 (1 = teacher then final student)")
+        if cfg.num_stages > 1 and cfg.num_partitions < 2:
+            raise ConfigError(f"num_partitions={cfg.num_partitions}: cross-labeling needs at least 2")
+        self.cfg = cfg
+        self.dm = SegmentationDataModule(cfg.dataset)
+        self.exp = Experiment(cfg.experiment_dir, self.dm.num_classes)
+        self.loggers: Callable[[str], list] = lambda step: []
+
+    # -- building blocks -------------------------------------------------------------------------
+    def trainer(self, step: str, max_epochs: int = 1, callbacks: Sequence = (), logger: bool = True) -> L.Trainer:
+        kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+        loggers = [CSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
+        return L.Trainer(max_epochs=max_epochs, default_root_dir=self.exp.dir, logger=loggers,
+                         callbacks=list(callbacks), enable_progress_bar=show_progress(),
+                         enable_model_summary=False, **kwargs)
+
+    def module(self, cls: type[SegmentationModule], model: DictConfig, name: str, loss: DictConfig,
+               **extra) -> SegmentationModule:
+        return cls(model=model_config(model), num_classes=self.dm.num_classes,
+                   class_names=list(self.dm.source.class_names), optim=OmegaConf.to_container(self.cfg.optim),
+                   loss=OmegaConf.to_container(loss), inference=OmegaConf.to_container(self.cfg.eval),
+                   name=name, channels_last=self.cfg.channels_last, **extra)
+
+    def student(self, name: str, init_from: str | None = None) -> StudentModule:
+        module = self.module(StudentModule, self.cfg.student, name, self.cfg.student_loss,
+                             cutmix_prob=self.cfg.student_aug.cutmix_prob)
+        if init_from:
+            module.net.load_state_dict(StudentModule.from_checkpoint(init_from).net.state_dict())
+        return module
+
+    def evaluate(self, trainer: L.Trainer, module: SegmentationModule, checkpoint: str | None) -> dict:
+        """val (and test) mIoU and per-class IoU of `checkpoint` (None: the module as it is)."""
+        val = trainer.validate(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False)[0]
+        names = self.dm.source.class_names
+        result = {"val_miou": val["val/miou"], "test_miou": None,
+                  "per_class_iou": {n: val[f"val/iou/{n}"] for n in names}}
+        if self.dm.splits.test:
+            test = trainer.test(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False)[0]
+            result["test_miou"] = test["test/miou"]
+        return result
+
+    def train(self, name: str, build: Callable[[], SegmentationModule], epochs: int, **info) -> dict:
+        """Train one model unless its record exists; resumes from `last.ckpt` when interrupted."""
+        if (record := self.exp.record(name)) is not None:
+            log.info("%s: done already (val mIoU %.4f), skipping", name, record["val_miou"])
+            return record
+        start = time.time()
+        resume = self.exp.last_checkpoint(name)
+        log.info("%s: training for %d epochs%s", name, epochs, f", resuming from {resume}" if resume else "")
+        checkpoint = ModelCheckpoint(dirpath=self.exp.checkpoint_dir(name), filename="best", monitor="val/miou",
+                                     mode="max", save_last=True, enable_version_counter=False)
+        module = build()
+        trainer = self.trainer(name, epochs, [checkpoint])
+        trainer.fit(module, datamodule=self.dm, ckpt_path=resume)
+        best = checkpoint.best_model_path or str(self.exp.last_checkpoint(name))
+        record = {"name": name, **self.evaluate(trainer, module, best), **info,
+                  "checkpoint": os.path.relpath(best, self.exp.dir), "wall_time_s": round(time.time() - start, 1)}
+        self.exp.save_record(name, record)
+        log.info("%s: val mIoU %.4f (%.0f s)", name, record["val_miou"], record["wall_time_s"])
+        return record
+
+    def checkpoint_of(self, step: str) -> str:
+        return str(self.exp.dir / self.exp.require_record(step, "labeling")["checkpoint"])
+
+    def labeled(self, stage: int) -> bool:
+        """Whether stage `stage`'s pseudo-labels are complete (manifest) and evaluated (record)."""
+        done = self.exp.store.manifest(stage) is not None and self.exp.record(f"label-stage{stage}") is not None
+        if done:
+            log.info("label-stage%d: done already, skipping", stage)
+        return done
+
+    def label(self, stage: int, jobs: list[tuple[list[Sample], list[str], list]], trained_on: dict) -> None:
+        """Write stage `stage`'s pseudo-labels: each job is (samples, labeler names, their networks)."""
+        name = f"label-stage{stage}"
+        start = time.time()
+        pseudo = self.cfg.pseudo
+        writer = PseudoLabelWriter(self.exp.store, stage)
+        for samples, names, nets in jobs:
+            barrier()
+            todo = set(self.exp.store.missing(stage, [s.id for s in samples]))
+            if not todo:
+                continue
+            log.info("%s: %s labels %d images", name, "+".join(names), len(todo))
+            self.dm.use_predict([s for s in samples if s.id in todo])
+            labeler = Labeler(nets, flip=pseudo.flip, window=pseudo.window, stride=pseudo.stride,
+                              soft_topk=pseudo.soft_topk)
+            self.trainer(name, callbacks=[writer], logger=False).predict(labeler, datamodule=self.dm,
+                                                                         return_predictions=False)
+        barrier()
+        if is_rank_zero():
+            partitions = [{"index": j, "ids": [s.id for s in samples], "labeled_by": names}
+                          for j, (samples, names, _) in enumerate(jobs)]
+            self.exp.store.write_manifest(stage, {"partitions": partitions, "trained_on": trained_on})
+            everything = [s for samples, _, _ in jobs for s in samples]
+            miou = pseudo_label_miou(self.dm.source, everything, self.exp.store.reader(stage))
+            self.exp.save_record(name, {"name": name, "stage": stage, "pseudo_label_miou": miou,
+                                        "wall_time_s": round(time.time() - start, 1)})
+            log.info("%s: pseudo-label mIoU %s", name, "n/a" if miou is None else f"{miou:.4f}")
+        barrier()
+
+    # -- the method's steps ----------------------------------------------------------------------
+    def run_teacher(self) -> None:
+        cfg = self.cfg
+        if cfg.teacher.get("checkpoint"):
+            self.load_teacher(cfg.teacher.checkpoint)
+        else:
+            def build() -> SegmentationModule:
+                self.dm.use_labeled()
+                return self.module(SegmentationModule, cfg.teacher, "teacher", cfg.loss)
+
+            self.train("teacher", build, cfg.train.teacher_epochs, trained_on="labeled")
+        unlabeled = self.dm.splits.unlabeled
+        if unlabeled and not self.labeled(0):
+            teacher = SegmentationModule.from_checkpoint(self.checkpoint_of("teacher")).net
+            self.label(0, [(unlabeled, ["teacher"], [teacher])], {"teacher": "labeled"})
+
+    def load_teacher(self, path: str) -> None:
+        """Use a trained teacher instead of training one: evaluate it and record it as the teacher step."""
+        if self.exp.record("teacher") is not None:
+            return
+        if not Path(path).is_file():
+            raise ConfigError(f"teacher.checkpoint={path}: file not found")
+        start = time.time()
+        module = SegmentationModule.from_checkpoint(path)
+        record = {"name": "teacher", **self.evaluate(self.trainer("teacher"), module, None),
+                  "checkpoint": os.path.abspath(path), "trained_on": "loaded", "wall_time_s": round(time.time() - start, 1)}
+        self.exp.save_record("teacher", record)
+
+    def partitions(self, stage: int) -> list[list[Sample]]:
+        cfg = self.cfg
+        return stage_partitions(self.dm.splits.unlabeled, cfg.num_partitions, cfg.seed, stage, cfg.repartition)
+
+    def run_pair_stage(self, stage: int) -> bool:
+        """Train stage `stage`'s students, then cross-label; False while some member is still missing."""
+        cfg = self.cfg
+        parts = self.partitions(stage)
+        names = student_names(stage, cfg.num_partitions)
+        labels = self.exp.store.reader(stage - 1)
+        for i, name in enumerate(names):
+            if cfg.member is not None and name.split("-")[1] != str(cfg.member):
+                continue
+            previous = student_names(stage - 1, cfg.num_partitions)[i] if stage > 1 else None
+            init = self.checkpoint_of(previous) if cfg.warm_start and previous else None
+
+            def build(part: list[Sample] = parts[i], name: str = name, init: str | None = init) -> StudentModule:
+                self.use_pseudo_labels(part, labels)
+                return self.student(name, init)
+
+            self.train(name, build, cfg.train.student_epochs, stage=stage, trained_on=i)
+        waiting = [n for n in names if self.exp.record(n) is None]
+        if waiting:
+            log.info("stage %d: cross-labeling waits for %s", stage, ", ".join(waiting))
+            return False
+        if self.labeled(stage):
+            return True
+        nets = [StudentModule.from_checkpoint(self.checkpoint_of(n)).net for n in names]
+        jobs = [(part, [n for i, n in enumerate(names) if i != j], [m for i, m in enumerate(nets) if i != j])
+                for j, part in enumerate(parts)]
+        self.label(stage, jobs, {n: i for i, n in enumerate(names)})
+        return True
+
+    def use_pseudo_labels(self, samples: list[Sample], labels) -> None:
+        cfg = self.cfg
+        self.dm.use_pseudo_labels(samples, labels, labeled_weight=cfg.labeled_weight,
+                                  confidence_threshold=cfg.pseudo.confidence_threshold,
+                                  soft_topk=cfg.pseudo.soft_topk if cfg.student_loss.soft_weight else 0,
+                                  strong=cfg.student_aug)
+
+    def run_final(self) -> None:
+        labels = self.exp.store.reader(self.cfg.num_stages - 1)
+
+        def build() -> StudentModule:
+            self.use_pseudo_labels(self.dm.splits.unlabeled, labels)
+            return self.student("final")
+
+        self.train("final", build, self.cfg.train.final_epochs, trained_on="all")
+
+    def run(self) -> dict | None:
+        stage = self.cfg.stage
+        if stage in ("all", "teacher"):
+            self.run_teacher()
+        ready = True
+        if stage in ("all", "first"):
+            pair_stages = [self.cfg.pair_stage] if self.cfg.pair_stage else range(1, self.cfg.num_stages)
+            for k in pair_stages:
+                ready = self.run_pair_stage(k) and ready
+                if not ready:
+                    break
+        if stage in ("all", "final") and ready:
+            self.run_final()
+        if not is_rank_zero():
+            return None
+        return write_results(self.cfg, self.exp)

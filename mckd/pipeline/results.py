@@ -1,0 +1,153 @@
+"""results.json, results.md and the per-stage plot, gathered from the experiment's step records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mckd.pipeline.atomic import atomic_write, write_json
+from mckd.pipeline.experiment import Experiment, student_names
+
+MODEL_KEYS = ("val_miou", "test_miou", "per_class_iou", "wall_time_s", "checkpoint")
+
+
+def _model_entry(record: dict | None) -> dict | None:
+    if record is None:
+        return None
+    return {k: record.get(k) for k in MODEL_KEYS}
+
+
+def _pseudo(exp: Experiment, stage: int) -> tuple[float | None, float | None]:
+    record = exp.record(f"label-stage{stage}")
+    return (None, None) if record is None else (record["pseudo_label_miou"], record["wall_time_s"])
+
+
+def collect_results(cfg: DictConfig, exp: Experiment) -> dict:
+    """Every finished step's figures; null where a step has not run or there is no ground truth."""
+    teacher = _model_entry(exp.record("teacher"))
+    if teacher is not None:
+        teacher["pseudo_label_miou"], teacher["label_wall_time_s"] = _pseudo(exp, 0)
+    stages = []
+    for k in range(1, cfg.num_stages):
+        students = []
+        for name in student_names(k, cfg.num_partitions):
+            entry = _model_entry(exp.record(name))
+            if entry is not None:
+                entry.pop("per_class_iou")
+                students.append({"name": name, **entry})
+        if students:
+            miou, seconds = _pseudo(exp, k)
+            stages.append({"stage": k, "students": students, "pseudo_label_miou": miou, "label_wall_time_s": seconds})
+    final = _model_entry(exp.record("final"))
+    return {"experiment": exp.dir.name, "dataset": cfg.dataset.name, "num_stages": cfg.num_stages,
+            "num_partitions": cfg.num_partitions, "teacher": teacher, "stages": stages, "final": final}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _seconds(*values: float | None) -> str:
+    known = [v for v in values if v is not None]
+    return "-" if not known else f"{sum(known):.0f}"
+
+
+def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
+    """(step, val mIoU, test mIoU, pseudo-label mIoU, seconds) per model, in pipeline order."""
+    rows = []
+    if (t := results.get("teacher")) is not None:
+        rows.append(("teacher", _fmt(t["val_miou"]), _fmt(t["test_miou"]), _fmt(t["pseudo_label_miou"]),
+                     _seconds(t["wall_time_s"], t["label_wall_time_s"])))
+    for stage in results["stages"]:
+        for s in stage["students"]:
+            rows.append((s["name"], _fmt(s["val_miou"]), _fmt(s["test_miou"]), "", _seconds(s["wall_time_s"])))
+        rows.append((f"stage{stage['stage']} labels", "", "", _fmt(stage["pseudo_label_miou"]),
+                     _seconds(stage["label_wall_time_s"])))
+    if (f := results.get("final")) is not None:
+        rows.append(("final", _fmt(f["val_miou"]), _fmt(f["test_miou"]), "", _seconds(f["wall_time_s"])))
+    return rows
+
+
+def verdicts(results: dict) -> list[str]:
+    """One line per stage: did the pseudo-labels and the models improve on the previous stage?"""
+    lines = []
+    teacher = results.get("teacher") or {}
+    prev_labels, prev_val = teacher.get("pseudo_label_miou"), teacher.get("val_miou")
+    prev_name = "teacher"
+    for stage in results["stages"]:
+        labels = stage["pseudo_label_miou"]
+        vals = [s["val_miou"] for s in stage["students"]]
+        val = sum(vals) / len(vals)
+        if labels is not None and prev_labels is not None:
+            lines.append(f"stage {stage['stage']} pseudo-labels vs {prev_name}'s: {prev_labels:.4f} -> {labels:.4f} "
+                         f"({'improved' if labels > prev_labels else 'did not improve'}, {labels - prev_labels:+.4f})")
+        if prev_val is not None:
+            lines.append(f"stage {stage['stage']} students' mean val mIoU vs {prev_name}: {prev_val:.4f} -> {val:.4f} "
+                         f"({val - prev_val:+.4f})")
+        prev_labels, prev_val, prev_name = labels, val, f"stage {stage['stage']}"
+    final = results.get("final")
+    if final is not None and prev_val is not None:
+        lines.append(f"final student val mIoU vs {prev_name}: {prev_val:.4f} -> {final['val_miou']:.4f} "
+                     f"({final['val_miou'] - prev_val:+.4f})")
+    if final is not None and teacher.get("val_miou") is not None:
+        lines.append(f"final student vs teacher val mIoU: {teacher['val_miou']:.4f} -> {final['val_miou']:.4f} "
+                     f"({final['val_miou'] - teacher['val_miou']:+.4f})")
+    return lines
+
+
+def results_markdown(results: dict) -> str:
+    head = ["| step | val mIoU | test mIoU | pseudo-label mIoU | seconds |", "| --- | ---: | ---: | ---: | ---: |"]
+    body = [f"| {' | '.join(row)} |" for row in summary_rows(results)]
+    lines = [f"# {results['experiment']} ({results['dataset']}, K={results['num_stages']}, "
+             f"N={results['num_partitions']})", "", *head, *body, ""]
+    lines += [f"- {v}" for v in verdicts(results)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_stages(results: dict, path: Path) -> None:
+    """val mIoU and pseudo-label mIoU across the pipeline's stages, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, val, labels = [], [], []
+    if (t := results.get("teacher")) is not None:
+        names.append("teacher")
+        val.append(t["val_miou"])
+        labels.append(t["pseudo_label_miou"])
+    for stage in results["stages"]:
+        names.append(f"stage {stage['stage']}")
+        vals = [s["val_miou"] for s in stage["students"]]
+        val.append(sum(vals) / len(vals))
+        labels.append(stage["pseudo_label_miou"])
+    if (f := results.get("final")) is not None:
+        names.append("final")
+        val.append(f["val_miou"])
+        labels.append(None)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = range(len(names))
+    ax.plot(x, val, "o-", label="val mIoU (model)")
+    if any(v is not None for v in labels):
+        ax.plot(x, [float("nan") if v is None else v for v in labels], "s--", label="pseudo-label mIoU (unlabeled)")
+    ax.set_xticks(list(x), names)
+    ax.set_ylabel("mIoU")
+    ax.set_title(f"{results['experiment']}: MCKD stages")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_results(cfg: DictConfig, exp: Experiment) -> dict:
+    """Write results.json, results.md and stages.png at the experiment root; returns the results."""
+    results = collect_results(cfg, exp)
+    write_json(exp.dir / "results.json", results)
+    markdown = results_markdown(results)
+    atomic_write(exp.dir / "results.md", lambda f: f.write(markdown.encode()))
+    if results["teacher"] is not None:
+        plot_stages(results, exp.dir / "stages.png")
+    print(markdown)
+    return results
