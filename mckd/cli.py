@@ -57,5 +57,47 @@ def train_main(cfg: DictConfig) -> float | None:
     return final.get("val_miou")
 
 
+def run_command(command, cfg: DictConfig) -> dict:
+    """Run an mckd command's logic on its config and command-line overrides; user errors exit 2 without a traceback."""
+    from hydra.core.hydra_config import HydraConfig
+
+    quiet_libraries()
+    try:
+        return command(cfg, list(HydraConfig.get().overrides.task))
+    except MckdError as err:
+        log.error("error: %s", err)
+        raise SystemExit(2) from None
+
+
+def evaluate() -> None:
+    from mckd.checkpoints import dataset_key_overrides
+
+    sys.argv[1:] = dataset_key_overrides(sys.argv[1:])
+    evaluate_main()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def evaluate_main(cfg: DictConfig) -> float | None:
+    """mckd-eval: mIoU, per-class IoU and pixel accuracy of a checkpoint on a split (mckd/evaluate.py)."""
+    from mckd.evaluate import evaluate as run
+
+    return run_command(run, cfg)["miou"]
+
+
+def predict() -> None:
+    from mckd.checkpoints import dataset_key_overrides
+
+    sys.argv[1:] = dataset_key_overrides(sys.argv[1:])
+    predict_main()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def predict_main(cfg: DictConfig) -> None:
+    """mckd-predict: a checkpoint on a folder of images: masks, colour masks, overlays (mckd/predict.py)."""
+    from mckd.predict import predict as run
+
+    run_command(run, cfg)
+
+
 if __name__ == "__main__":
     train()

@@ -13,6 +13,7 @@ from mckd.data.datasets import (
     LabeledDataset,
     PseudoLabeledDataset,
     PseudoLabelReader,
+    RepeatedDataset,
     pad_collate,
 )
 from mckd.data.registry import build_source
@@ -81,7 +82,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             raise RuntimeError("no training set chosen: call use_labeled() or use_pseudo_labels() first")
-        return self._loader(self.train_set, train=True)
+        # small (labeled) sets are repeated so that an epoch means enough optimizer steps
+        return self._loader(RepeatedDataset(self.train_set, self.cfg.get("min_epoch_size") or 0), train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(LabeledDataset(self.source, self.splits.val, self.eval_augmentation()))

@@ -101,6 +101,20 @@ class ImageDataset(Dataset):
                 "input_size": torch.tensor(tensor.shape[-2:])}
 
 
+class RepeatedDataset(Dataset):
+    """`dataset` indexed cyclically, so that one epoch has at least `min_size` items."""
+
+    def __init__(self, dataset: Dataset, min_size: int):
+        self.dataset = dataset
+        self.size = max(len(dataset), min_size)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[index % len(self.dataset)]
+
+
 PAD_VALUES = {"image": 0.0, "mask": IGNORE_INDEX, "soft_ids": IGNORE_INDEX, "soft_probs": 0.0}
 
 

@@ -1,4 +1,4 @@
-"""Procedural scenes whose classes are shapes, not colours, so a small model cannot solve them by colour."""
+"""Procedural scenes whose classes are shapes and textures, never colours, so colour alone cannot solve them."""
 
 from __future__ import annotations
 
@@ -42,6 +42,16 @@ def _shape_mask(kind: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float,
     raise ValueError(kind)
 
 
+def _class_texture(cls: int, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A per-class pattern in [-1, 1] (solid, stripes, checker, dots, diagonals) with random scale and phase."""
+    period = rng.uniform(4.0, 7.0)
+    py, px = rng.uniform(0, period, size=2)
+    u, v = (xx + px) * 2 * np.pi / period, (yy + py) * 2 * np.pi / period
+    patterns = {1: np.zeros_like(u), 2: np.sign(np.sin(v)), 3: np.sign(np.sin(u) * np.sin(v)),
+                4: np.where(np.sin(u) * np.sin(v) > 0.6, 1.0, -0.3), 5: np.sign(np.sin((u + v) / np.sqrt(2)))}
+    return patterns[cls]
+
+
 def _background(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """A smooth gradient, a stripe texture and blotches in random colours."""
     base = rng.uniform(0, 255, size=3)
@@ -51,15 +61,15 @@ def _background(rng: np.random.Generator, h: int, w: int, yy: np.ndarray, xx: np
     freq, phase = rng.uniform(0.1, 0.5), rng.uniform(0, 2 * np.pi)
     stripes = np.sin(freq * (xx * np.cos(phase) + yy * np.sin(phase)) + phase)
     img += stripes[..., None] * rng.uniform(5, 35, size=3)
-    for _ in range(rng.integers(2, 6)):  # blotches: colour patches that are not objects
+    for _ in range(rng.integers(1, 4)):  # blotches: colour patches that are not objects
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(4, max(h, w) / 4)
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        img += blob[..., None] * rng.uniform(-90, 90, size=3)
+        img += blob[..., None] * rng.uniform(-60, 60, size=3)
     return img
 
 
-def render_scene(seed: int, height: int = 96, width: int = 96, max_objects: int = 7,
-                 noise: float = 18.0) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(seed: int, height: int = 96, width: int = 96, max_objects: int = 6,
+                 noise: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
     """One deterministic scene: an HxWx3 uint8 image and its HxW uint8 mask."""
     rng = np.random.default_rng(seed)
     yy, xx = _grid(height, width)
@@ -67,13 +77,14 @@ def render_scene(seed: int, height: int = 96, width: int = 96, max_objects: int 
     mask = np.zeros((height, width), dtype=np.uint8)
     for _ in range(rng.integers(2, max_objects + 1)):  # later objects occlude earlier ones
         cls = int(rng.integers(1, len(CLASS_NAMES)))
-        r = rng.uniform(0.06, 0.22) * min(height, width)
+        r = rng.uniform(0.08, 0.24) * min(height, width)
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         covered = _shape_mask(CLASS_NAMES[cls], yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi),
                               rng.uniform(0.75, 1.3))
-        colour = rng.uniform(0, 255, size=3)
-        shading = 1 + 0.25 * np.sin(rng.uniform(0.05, 0.3) * (xx + yy) + rng.uniform(0, 6))
-        img[covered] = colour[None] * shading[covered][:, None]
+        colour = rng.uniform(30, 225, size=3)
+        shading = 1 + 0.2 * np.sin(rng.uniform(0.05, 0.3) * (xx + yy) + rng.uniform(0, 6))
+        texture = _class_texture(cls, yy, xx, rng) * rng.uniform(20, 45)
+        img[covered] = colour[None] * shading[covered][:, None] + texture[covered][:, None]
         mask[covered] = cls
     img += rng.normal(0, noise, size=img.shape)
     return np.clip(img, 0, 255).astype(np.uint8), mask
@@ -86,7 +97,7 @@ class SyntheticSource(SegmentationSource):
     class_names = CLASS_NAMES
 
     def __init__(self, seed: int = 0, num_train: int = 400, num_val: int = 100, num_test: int = 0,
-                 height: int = 96, width: int = 96, max_objects: int = 7, noise: float = 18.0):
+                 height: int = 96, width: int = 96, max_objects: int = 6, noise: float = 12.0):
         self.seed = seed
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.height, self.width, self.max_objects, self.noise = height, width, max_objects, noise

@@ -22,10 +22,10 @@ def _to_float_and_normalize() -> list[v2.Transform]:
 def train_transform(crop_size: tuple[int, int], base_size: tuple[int, int] | None,
                     scale_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True,
                     color_jitter: float = 0.0) -> v2.Compose:
-    """Random scale (around `base_size`), crop padded with ignore, flip, photometric jitter, normalise."""
+    """Random scale (around `base_size`, (h, w)), crop padded with ignore, flip, photometric jitter, normalise."""
     steps: list[v2.Transform] = []
-    if base_size is not None:
-        steps.append(v2.ScaleJitter(tuple(base_size), scale_range=tuple(scale_range)))
+    if base_size is not None:  # ScaleJitter takes (width, height)
+        steps.append(v2.ScaleJitter(tuple(base_size)[::-1], scale_range=tuple(scale_range)))
     steps.append(v2.RandomCrop(tuple(crop_size), pad_if_needed=True, fill=PAD_FILL))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())

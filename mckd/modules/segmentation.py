@@ -59,7 +59,8 @@ class SegmentationModule(L.LightningModule):
         if len(terms) > 1:  # the loss alone is logged as train/loss
             self.log_dict(terms, batch_size=n)
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        # a CPU tensor: Lightning turns a float into a tensor on the GPU, a copy that waits for the GPU every step
+        self.log("train/lr", torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=n)
         return parts["loss"]
 
     def _eval_step(self, batch: dict, metric: MulticlassJaccardIndex) -> None:

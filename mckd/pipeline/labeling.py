@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from mckd.data.source import Sample, SegmentationSource
 from mckd.modules.segmentation import iou_metric, mean_iou
 from mckd.pipeline.store import PseudoLabelStore, StageReader
+from mckd.progress import progress
 
 
 class PseudoLabelWriter(BasePredictionWriter):
@@ -53,7 +54,7 @@ def pseudo_label_miou(source: SegmentationSource, samples: list[Sample], reader:
     """mIoU of stored labels against the samples' own ground truth; None when none of them has any."""
     metric = iou_metric(source.num_classes)
     seen = 0
-    for sample in samples:
+    for sample in progress(samples, desc="pseudo-label mIoU"):
         if sample.mask is None:
             continue
         truth = source.read_mask(sample)

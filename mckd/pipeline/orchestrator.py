@@ -26,6 +26,7 @@ from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_miou
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.results import write_results
+from mckd.visualize import write_pictures
 
 log = logging.getLogger("mckd")
 
@@ -61,13 +62,21 @@ class Pipeline:
         self.dm = SegmentationDataModule(cfg.dataset)
         self.exp = Experiment(cfg.experiment_dir, self.dm.num_classes)
         self.loggers: Callable[[str], list] = lambda step: []
+        self.callbacks: Callable[[str], list] = lambda step: []  # extra Lightning callbacks per step name
+        self.on_results: list[Callable[[dict], None]] = [lambda results: write_pictures(cfg, self.exp, self.dm)]
+        if (cfg.get("logger") or {}).get("wandb"):
+            from mckd.pipeline.wandb_logging import WandbTracker
+
+            tracker = WandbTracker(cfg, self.exp, self.dm)
+            self.loggers, self.callbacks = tracker.loggers, tracker.callbacks
+            self.on_results.append(tracker.finish)
 
     # -- building blocks -------------------------------------------------------------------------
     def trainer(self, step: str, max_epochs: int = 1, callbacks: Sequence = (), logger: bool = True) -> L.Trainer:
         kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
         loggers = [CSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
         return L.Trainer(max_epochs=max_epochs, default_root_dir=self.exp.dir, logger=loggers,
-                         callbacks=list(callbacks), enable_progress_bar=show_progress(),
+                         callbacks=[*callbacks, *self.callbacks(step)], enable_progress_bar=show_progress(),
                          enable_model_summary=False, **kwargs)
 
     def module(self, cls: type[SegmentationModule], model: DictConfig, name: str, loss: DictConfig,
@@ -246,4 +255,7 @@ class Pipeline:
             self.run_final()
         if not is_rank_zero():
             return None
-        return write_results(self.cfg, self.exp)
+        results = write_results(self.cfg, self.exp)
+        for hook in self.on_results:  # pictures, then W&B's closing run
+            hook(results)
+        return results

@@ -1,0 +1,134 @@
+"""What `checkpoint=PATH` means to mckd-eval and mckd-predict, and the dataset config that goes with it.
+
+PATH is a `.ckpt` file or an experiment directory (meaning its `final` student, or the model `step=` names).
+A checkpoint inside an experiment (`<exp>/checkpoints/<step>/*.ckpt`) belongs to that experiment, whose
+dataset config (`<exp>/.hydra/config.yaml`) is reused unless the command line chooses one (`dataset=NAME`);
+`dataset.KEY=VALUE` changes one key of whichever is used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mckd.errors import MckdError
+from mckd.pipeline.atomic import read_json
+
+EXPERIMENT_CONFIG = Path(".hydra") / "config.yaml"
+
+
+class CheckpointError(MckdError, FileNotFoundError):
+    """`checkpoint=` names nothing usable: the message says what was found and what to pass instead."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A checkpoint file, and the experiment and step it comes from (None for a checkpoint on its own)."""
+
+    checkpoint: Path
+    experiment: Path | None = None
+    step: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.step or self.checkpoint.stem
+
+
+def is_experiment(path: Path) -> bool:
+    return (path / EXPERIMENT_CONFIG).is_file() or (path / "steps").is_dir()
+
+
+def experiment_of(checkpoint: Path) -> Path | None:
+    """The experiment directory of `<exp>/checkpoints/<step>/<file>.ckpt`, else None."""
+    parents = checkpoint.resolve().parents
+    if len(parents) >= 3 and parents[1].name == "checkpoints" and is_experiment(parents[2]):
+        return parents[2]
+    return None
+
+
+def require(cfg: DictConfig, *keys: str) -> None:
+    """A CheckpointError naming the first of `keys` left unset (`???`) on the command line."""
+    for key in keys:
+        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+            raise CheckpointError(f"{key} is not set: pass {key}=PATH")
+
+
+def resolve_model(path: str | None, step: str = "final") -> ModelRef:
+    """The checkpoint that `checkpoint=path` (and `step=`) means; CheckpointError says why there is none."""
+    if not path:
+        raise CheckpointError("checkpoint is not set: pass checkpoint=PATH (a .ckpt file or an experiment directory)")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if not is_experiment(p):
+            raise CheckpointError(f"checkpoint={path}: a directory, but not an experiment directory "
+                                  f"(no {EXPERIMENT_CONFIG} or steps/): pass a .ckpt file or an mckd-train output directory")
+        record_path = p / "steps" / f"{step}.json"
+        if not record_path.is_file():
+            done = sorted(f.stem for f in (p / "steps").glob("*.json") if not f.stem.startswith("label-"))
+            raise CheckpointError(f"checkpoint={path}: step '{step}' has not finished in this experiment (no {record_path}); "
+                                  f"finished models: {', '.join(done) or 'none'} (choose one with step=NAME)")
+        checkpoint = (p / read_json(record_path)["checkpoint"]).resolve()
+        if not checkpoint.is_file():
+            raise CheckpointError(f"checkpoint={path}: step '{step}' names {checkpoint}, which does not exist")
+        return ModelRef(checkpoint, p.resolve(), step)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint={path}: no such file or directory")
+    experiment = experiment_of(p)
+    return ModelRef(p.resolve(), experiment, p.resolve().parent.name if experiment else None)
+
+
+def load_module(ref: ModelRef, map_location: str = "cpu"):
+    """The SegmentationModule saved in `ref.checkpoint`; CheckpointError when the file is not one."""
+    from mckd.modules import SegmentationModule
+
+    try:
+        return SegmentationModule.from_checkpoint(str(ref.checkpoint), map_location=map_location)
+    except (KeyError, RuntimeError, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(f"cannot load checkpoint {ref.checkpoint}: {type(err).__name__}: {err} "
+                              "(expected a .ckpt written by mckd-train)") from None
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def dataset_chosen(overrides: Sequence[str]) -> bool:
+    """Whether the command line chose a dataset config (`dataset=NAME`)."""
+    return any(_override_key(o) == "dataset" for o in overrides)
+
+
+def dataset_key_overrides(argv: Sequence[str]) -> list[str]:
+    """Without `dataset=NAME`, `dataset.KEY=V` edits the reused experiment config: let Hydra add such keys (`++`)."""
+    if dataset_chosen(argv):
+        return list(argv)
+    return [re.sub(r"^\+{0,2}(dataset\.)", r"++\1", a) if "=" in a else a for a in argv]
+
+
+def experiment_dataset(experiment: Path) -> DictConfig:
+    """An experiment's dataset config, its interpolations (`${seed}`, env) resolved in its own config."""
+    full = OmegaConf.load(experiment / EXPERIMENT_CONFIG)
+    return OmegaConf.create(OmegaConf.to_container(full.dataset, resolve=True))
+
+
+def dataset_config(cfg: DictConfig, overrides: Sequence[str], experiment: Path | None,
+                   required: bool = True) -> DictConfig | None:
+    """The dataset config a command uses: `dataset=NAME` if given, else the experiment's, + `dataset.KEY=V`."""
+    node = cfg.get("dataset")
+    if dataset_chosen(overrides):
+        return node
+    if experiment is None or not (experiment / EXPERIMENT_CONFIG).is_file():
+        if required:
+            where = "is not inside an experiment directory" if experiment is None else f"has no {EXPERIMENT_CONFIG}"
+            raise CheckpointError(f"the checkpoint {where}, so its dataset is unknown: pass dataset=NAME "
+                                  "(synthetic, cityscapes, coco, camvid, folder ...)")
+        return None
+    dataset = experiment_dataset(experiment)
+    for override in overrides:
+        key = _override_key(override)
+        if key.startswith("dataset.") and not override.startswith("~"):
+            OmegaConf.update(dataset, key[len("dataset."):], OmegaConf.select(cfg, key), force_add=True)
+    return dataset

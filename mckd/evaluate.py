@@ -1,0 +1,135 @@
+"""mckd-eval: a checkpoint on a dataset split: mIoU, per-class IoU and accuracy, pixel accuracy; a table and JSON.
+
+The numbers are computed exactly as training validates (same loader, transform, batch size and IoU metric),
+so evaluating a checkpoint with its own experiment's settings reproduces the val mIoU its step recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from mckd.checkpoints import ModelRef, dataset_config, load_module, require, resolve_model
+from mckd.data import IGNORE_INDEX, SegmentationDataModule
+from mckd.errors import MckdError
+from mckd.modules.inference import class_probs
+from mckd.modules.segmentation import SegmentationModule, iou_metric, mean_iou
+from mckd.pipeline.atomic import write_json
+from mckd.pipeline.experiment import is_rank_zero
+
+log = logging.getLogger("mckd")
+SPLITS = ("val", "test")
+
+
+class EvalConfigError(MckdError, ValueError):
+    """An mckd-eval setting that cannot be used."""
+
+
+class Evaluator(L.LightningModule):
+    """Accumulates IoU (the training metric) and a confusion matrix of a model's predictions over a split."""
+
+    def __init__(self, model: SegmentationModule, num_classes: int, flip: bool, window, stride):
+        super().__init__()
+        self.model = model
+        self.flip, self.window, self.stride = flip, window, stride
+        self.iou = iou_metric(num_classes)
+        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        probs = class_probs([self.model], batch["image"], flip=self.flip, window=self.window, stride=self.stride)
+        pred = probs.argmax(1)
+        self.iou.update(pred, batch["mask"])
+        self.confusion.update(pred, batch["mask"])
+
+    def metrics(self, class_names: Sequence[str]) -> dict:
+        per_class = self.iou.compute()
+        confusion = self.confusion.compute().double()  # rows: truth, columns: prediction
+        truth = confusion.sum(1)
+        accuracy = confusion.diag() / truth
+        return {
+            "miou": _number(mean_iou(per_class)),
+            "pixel_accuracy": _number(confusion.diag().sum() / confusion.sum()),
+            "mean_accuracy": _number(accuracy.nanmean()),
+            "per_class_iou": {n: _number(v) for n, v in zip(class_names, per_class)},
+            "per_class_accuracy": {n: _number(v) for n, v in zip(class_names, accuracy)},
+            "class_pixels": {n: int(v) for n, v in zip(class_names, truth)},
+        }
+
+
+def _number(value: torch.Tensor | float) -> float | None:
+    """A float for JSON: NaN (a class absent from truth and prediction) becomes None."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def results_table(result: dict) -> str:
+    """The per-class table and the summary line, as Markdown."""
+    lines = ["| class | IoU | accuracy | pixels |", "| --- | ---: | ---: | ---: |"]
+    for name, iou in result["per_class_iou"].items():
+        lines.append(f"| {name} | {_fmt(iou)} | {_fmt(result['per_class_accuracy'][name])} | "
+                     f"{result['class_pixels'][name]} |")
+    lines += ["", f"mIoU {_fmt(result['miou'])}   pixel accuracy {_fmt(result['pixel_accuracy'])}   "
+                  f"mean class accuracy {_fmt(result['mean_accuracy'])}"]
+    return "\n".join(lines)
+
+
+def default_output(ref: ModelRef, split: str, flip: bool, window) -> Path:
+    """`<exp>/eval/<step>-<split>[-flip][-window].json`, or beside a checkpoint that has no experiment."""
+    suffix = split + ("-flip" if flip else "") + ("-window" if window else "")
+    if ref.experiment is not None:
+        return ref.experiment / "eval" / f"{ref.label}-{suffix}.json"
+    return ref.checkpoint.with_name(f"{ref.checkpoint.stem}-{suffix}-eval.json")
+
+
+def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
+    """Evaluate `cfg.checkpoint` on `cfg.split`; prints the table, writes the JSON and returns its content."""
+    from mckd.pipeline.orchestrator import show_progress
+
+    require(cfg, "checkpoint")
+    if cfg.split not in SPLITS:
+        raise EvalConfigError(f"split={cfg.split!r}: expected one of {SPLITS}")
+    ref = resolve_model(cfg.checkpoint, cfg.step)
+    dataset = dataset_config(cfg, overrides, ref.experiment)
+    dm = SegmentationDataModule(dataset)
+    module = load_module(ref)
+    if module.hparams.num_classes != dm.num_classes:
+        raise EvalConfigError(f"checkpoint {ref.checkpoint} predicts {module.hparams.num_classes} classes, but dataset "
+                              f"{dataset.name} has {dm.num_classes}: pass the dataset it was trained on (dataset=NAME)")
+    samples = dm.splits.val if cfg.split == "val" else dm.splits.test
+    if not samples:
+        raise EvalConfigError(f"dataset {dataset.name} has no {cfg.split} images (split={cfg.split})")
+    trained = module.inference
+    flip = bool(trained.get("flip", False) if cfg.flip is None else cfg.flip)
+    window = trained.get("window") if cfg.window is None else list(cfg.window)
+    stride = (trained.get("stride") if cfg.stride is None else list(cfg.stride)) or window
+    evaluator = Evaluator(module, dm.num_classes, flip, window, stride)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=show_progress(),
+                        enable_model_summary=False, **OmegaConf.to_container(cfg.trainer, resolve=True))
+    loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
+    trainer.validate(evaluator, dataloaders=loader, verbose=False)
+    result = {
+        "checkpoint": str(ref.checkpoint), "experiment": None if ref.experiment is None else str(ref.experiment),
+        "step": ref.step, "dataset": dataset.name, "split": cfg.split, "num_images": len(samples),
+        "inference": {"flip": flip, "window": window, "stride": stride if window else None},
+        **evaluator.metrics(list(dm.source.class_names)),
+    }
+    if not is_rank_zero():
+        return result
+    output = Path(cfg.output) if cfg.output else default_output(ref, cfg.split, flip, window)
+    write_json(output, result)
+    where = f" (experiment {ref.experiment.name}, step {ref.step})" if ref.experiment else ""
+    print(f"{ref.checkpoint}{where}\n{dataset.name} {cfg.split}: {len(samples)} images, flip TTA "
+          f"{'on' if flip else 'off'}, sliding window {window or 'off'}\n\n{results_table(result)}\n")
+    log.info("wrote %s", output)
+    return result
