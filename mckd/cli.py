@@ -13,6 +13,11 @@ from omegaconf import DictConfig
 
 from mckd.errors import MckdError
 
+# OpenMP threads that wait passively instead of spinning: on a CPU that is busy with other work (the DataLoader
+# workers on a small machine, other jobs), spinning threads slowed CPU training and labeling 12-18 times
+# (docs/benchmarks.md). Read when torch loads, so set here, before any torch import; OMP_WAIT_POLICY=ACTIVE undoes it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 log = logging.getLogger("mckd")
 
 

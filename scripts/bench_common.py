@@ -32,12 +32,13 @@ def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Quiet libraries and check the device; call before building anything."""
-    import torch
-
-    from mckd.cli import quiet_libraries
+    """Quiet libraries and check the device; call before anything imports torch, so that the process is set up as
+    mckd's commands set theirs up (mckd.cli sets OMP_WAIT_POLICY before torch loads)."""
+    from mckd.cli import quiet_libraries  # first: before torch
 
     quiet_libraries()
+    import torch
+
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device available")
 

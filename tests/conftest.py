@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mckd.cli sets it; must precede importing torch
+
 import subprocess
 import sys
 from collections.abc import Callable

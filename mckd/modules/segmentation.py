@@ -15,9 +15,13 @@ from mckd.modules.inference import class_probs, per_sample_labels
 from mckd.modules.losses import SegmentationLoss
 
 
-def iou_metric(num_classes: int) -> MulticlassJaccardIndex:
-    """Per-class IoU accumulated over a whole split; classes absent from both prediction and truth are NaN."""
-    return MulticlassJaccardIndex(num_classes, ignore_index=IGNORE_INDEX, average="none", zero_division=float("nan"))
+def iou_metric(num_classes: int, sync: bool = True) -> MulticlassJaccardIndex:
+    """Per-class IoU accumulated over a whole split; classes absent from both prediction and truth are NaN.
+
+    `sync=False` for a metric that only one process computes (no all-gather across DDP ranks).
+    """
+    return MulticlassJaccardIndex(num_classes, ignore_index=IGNORE_INDEX, average="none",
+                                  zero_division=float("nan"), sync_on_compute=sync)
 
 
 def mean_iou(per_class: torch.Tensor) -> torch.Tensor:

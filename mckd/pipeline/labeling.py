@@ -52,7 +52,7 @@ class PseudoLabelWriter(BasePredictionWriter):
 
 def pseudo_label_miou(source: SegmentationSource, samples: list[Sample], reader: StageReader) -> float | None:
     """mIoU of stored labels against the samples' own ground truth; None when none of them has any."""
-    metric = iou_metric(source.num_classes)
+    metric = iou_metric(source.num_classes, sync=False)  # computed on rank 0 alone
     seen = 0
     for sample in progress(samples, desc="pseudo-label mIoU"):
         if sample.mask is None:

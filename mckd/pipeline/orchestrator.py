@@ -121,6 +121,7 @@ class Pipeline:
         record = {"name": name, **self.evaluate(trainer, module, best), **info,
                   "checkpoint": os.path.relpath(best, self.exp.dir), "wall_time_s": round(time.time() - start, 1)}
         self.exp.save_record(name, record)
+        barrier()  # rank 0 wrote the record; the next step on every rank reads it
         log.info("%s: val mIoU %.4f (%.0f s)", name, record["val_miou"], record["wall_time_s"])
         return record
 
@@ -190,6 +191,7 @@ class Pipeline:
         record = {"name": "teacher", **self.evaluate(self.trainer("teacher"), module, None),
                   "checkpoint": os.path.abspath(path), "trained_on": "loaded", "wall_time_s": round(time.time() - start, 1)}
         self.exp.save_record("teacher", record)
+        barrier()
 
     def partitions(self, stage: int) -> list[list[Sample]]:
         cfg = self.cfg
