@@ -114,3 +114,17 @@ def report(name: str, args: argparse.Namespace, result: Mapping, settings: Mappi
             "machine": machine(args.device),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def plain_train_step(net, opt, images, masks, cfg, device: str) -> None:
+    """One hand-written PyTorch training step: the baseline that mckd's training path is compared with."""
+    import torch.nn.functional as F
+
+    from mckd.data.source import IGNORE_INDEX
+
+    with autocast(cfg, device):
+        logits = net(images)
+    loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()

@@ -36,9 +36,7 @@ def loader_rate(dm, batches: int, warmup: int) -> float:
 
 def step_rate(cfg, dm, device: str, batches: list[dict], repeats: int) -> float:
     import torch
-    import torch.nn.functional as F
 
-    from mckd.data import IGNORE_INDEX
     from mckd.models import build_model
     from mckd.pipeline.orchestrator import model_config
 
@@ -49,12 +47,7 @@ def step_rate(cfg, dm, device: str, batches: list[dict], repeats: int) -> float:
         torch.backends.cudnn.benchmark = bool(cfg.trainer.get("benchmark", False))
 
     def step(images, masks):
-        with bc.autocast(cfg, device):
-            logits = net(images)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        bc.plain_train_step(net, opt, images, masks, cfg, device)
 
     step(*data[0])  # warm-up
     start = bc.now(device)

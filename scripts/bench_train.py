@@ -53,9 +53,8 @@ def run_mckd(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
 def run_plain(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
     import lightning as L
     import torch
-    import torch.nn.functional as F
 
-    from mckd.data import IGNORE_INDEX, SegmentationDataModule
+    from mckd.data import SegmentationDataModule
     from mckd.models import build_model
     from mckd.pipeline.orchestrator import model_config
 
@@ -74,12 +73,7 @@ def run_plain(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
     for i, batch in enumerate(loader):
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
-        with bc.autocast(cfg, device):
-            logits = net(images)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        bc.plain_train_step(net, opt, images, masks, cfg, device)
         if i == warmup - 1:
             start = bc.now(device)
         elif i == warmup + steps - 1:
