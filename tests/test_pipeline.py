@@ -189,12 +189,19 @@ def test_resume_after_failure_skips_finished_steps(tmp_path, monkeypatch, caplog
 def test_pair_members_as_separate_jobs(tmp_path):
     exp = tmp_path / "exp"
     smoke(exp, "stage=teacher")
-    res = smoke(exp, "stage=first", "student=a".replace("student", "member"))
+    res = smoke(exp, "stage=first", "member=a")
     assert not (exp / "pseudo_labels" / "stage1" / "manifest.json").exists()  # waits for member b
     assert [s["name"] for s in res["stages"][0]["students"]] == ["stage1-a"]
     smoke(exp, "stage=first", "member=b")
     assert (exp / "pseudo_labels" / "stage1" / "manifest.json").is_file()
     assert smoke(exp, "stage=final")["final"] is not None
+
+
+def test_student_letter_is_an_alias_of_member():
+    from mckd.cli import member_alias
+
+    assert member_alias(["stage=first", "student=b", "model@student=unet_resnet18", "student.encoder=x"]) == [
+        "stage=first", "member=b", "model@student=unet_resnet18", "student.encoder=x"]
 
 
 # -- CLI: DDP, sweeps ------------------------------------------------------------------------------
