@@ -9,7 +9,6 @@ At the end of a pipeline run `write_pictures` leaves in the experiment directory
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -18,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
-from PIL import Image
 
 from mckd.data.source import IGNORE_INDEX
 from mckd.modules.predictor import Predictor
-from mckd.pipeline.atomic import atomic_write, read_json, write_json
+from mckd.pipeline.atomic import atomic_write, png_bytes, read_json, write_json
 from mckd.pipeline.experiment import Experiment, student_names
 from mckd.progress import progress
 
@@ -51,12 +49,6 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, alpha: fl
     keep = np.asarray(label) == IGNORE_INDEX if len(palette) <= IGNORE_INDEX else np.zeros(label.shape, bool)
     blended[keep] = image[keep]
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def save_png(path: str | Path, array: np.ndarray) -> None:

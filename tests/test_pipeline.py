@@ -95,7 +95,7 @@ def test_store_killed_write_is_never_complete(tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies while encoding the second label
 
-    monkeypatch.setattr("mckd.pipeline.store._png_bytes", killed)
+    monkeypatch.setattr("mckd.pipeline.store.png_bytes", killed)
     with pytest.raises(KeyboardInterrupt):
         store.write_sample(0, "b", np.zeros((4, 4)), np.ones((4, 4)))
     monkeypatch.undo()
