@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torchvision.transforms import v2
 
 import mckd
 from mckd.cli import run_pipeline
-from mckd.data import Sample
+from mckd.data import Sample, SegmentationDataModule
 from mckd.modules import StudentModule
 from mckd.pipeline.experiment import student_names
 from mckd.pipeline.partition import partition, stage_partitions
@@ -38,6 +39,23 @@ def smoke(exp: Path, *overrides: str) -> dict:
 
 def samples(n: int) -> list[Sample]:
     return [Sample(f"img_{i:03d}", f"img_{i:03d}.png") for i in range(n)]
+
+
+# -- student noise ---------------------------------------------------------------------------------
+def scale_and_jitter(transform) -> tuple[tuple[float, float], bool]:
+    scale = next(t.scale_range for t in transform.transforms if isinstance(t, v2.ScaleJitter))
+    return tuple(scale), any(isinstance(t, v2.ColorJitter) for t in transform.transforms)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ((), ((0.75, 1.5), False)),  # default: the dataset's own scale range, no colour jitter
+    (("student_aug.scale_range=[0.5,1.75]", "student_aug.color_jitter=0.3"), ((0.5, 1.75), True)),
+])
+def test_student_augmentation_defaults_to_the_datasets_and_can_be_strengthened(overrides, expected):
+    cfg = compose_train("dataset.scale_range=[0.75,1.5]", *overrides)
+    dm = SegmentationDataModule(cfg.dataset)
+    assert scale_and_jitter(dm.augmentation(cfg.student_aug)) == expected
+    assert scale_and_jitter(dm.augmentation()) == ((0.75, 1.5), False)  # the teacher's
 
 
 # -- partitioner -----------------------------------------------------------------------------------
