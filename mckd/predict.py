@@ -20,7 +20,7 @@ from PIL import Image
 
 from mckd.checkpoints import dataset_config, load_module, require, resolve_model
 from mckd.data.folder import IMAGE_SUFFIXES, list_images
-from mckd.data.registry import build_source
+from mckd.data.registry import build_source, source_class
 from mckd.data.source import DatasetError, default_palette, read_rgb
 from mckd.data.transforms import eval_transform
 from mckd.errors import MckdError
@@ -70,11 +70,11 @@ def dataset_palette(dataset: DictConfig | None, num_classes: int) -> np.ndarray:
     params = dataset.get("params") or {}
     if params.get("palette"):
         return np.asarray(OmegaConf.to_container(params.palette), dtype=np.uint8)
-    if dataset.get("kind") == "cityscapes":
-        from mckd.data.cityscapes import PALETTE
-
-        return PALETTE
-    return default_palette(num_classes)
+    try:
+        builtin = source_class(dataset.get("kind")).builtin_palette
+    except DatasetError:  # a kind this version does not know
+        builtin = None
+    return default_palette(num_classes) if builtin is None else builtin
 
 
 def predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:

@@ -47,14 +47,11 @@ def prefer_train_ids(train_ids: Path) -> Path:
 class CityscapesSource(SegmentationSource):
     name = "cityscapes"
     class_names = CLASS_NAMES
+    builtin_palette = PALETTE
 
     def __init__(self, root: str):
         self.root = require_dir(root, "dataset.root")
         self.has_test = False  # the official test masks are withheld
-
-    @property
-    def palette(self) -> np.ndarray:
-        return PALETTE
 
     def mask_lut(self, sample: Sample) -> np.ndarray:
         if sample.mask is not None and sample.mask.endswith("_labelIds.png"):

@@ -9,24 +9,31 @@ from mckd.data.source import DatasetError, SegmentationSource
 KINDS = ("synthetic", "cityscapes", "coco", "folder")
 
 
-def build_source(cfg: Mapping) -> SegmentationSource:
-    """The reader for `cfg.kind` with `cfg.params`; unknown kinds raise DatasetError naming the key."""
-    kind = cfg.get("kind")
-    params = dict(cfg.get("params") or {})
+def source_class(kind: str | None) -> type[SegmentationSource]:
+    """The reader class of a `dataset.kind`; unknown kinds raise DatasetError naming the key."""
     if kind == "synthetic":
         from mckd.data.synthetic import SyntheticSource
 
-        return SyntheticSource(**params)
+        return SyntheticSource
     if kind == "cityscapes":
         from mckd.data.cityscapes import CityscapesSource
 
-        return CityscapesSource(**params)
+        return CityscapesSource
     if kind == "coco":
         from mckd.data.coco import CocoSource
 
-        return CocoSource(**params)
+        return CocoSource
     if kind == "folder":
         from mckd.data.folder import FolderSource
 
-        return FolderSource(name=cfg.get("name", "folder"), **params)
+        return FolderSource
     raise DatasetError(f"dataset.kind={kind!r}: unknown dataset kind, expected one of {KINDS}")
+
+
+def build_source(cfg: Mapping) -> SegmentationSource:
+    """The reader for `cfg.kind` with `cfg.params`."""
+    kind = cfg.get("kind")
+    params = dict(cfg.get("params") or {})
+    if kind == "folder":
+        params["name"] = cfg.get("name", "folder")
+    return source_class(kind)(**params)

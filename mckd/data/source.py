@@ -92,6 +92,7 @@ class SegmentationSource:
     name: str = "base"
     class_names: tuple[str, ...] = ()
     has_test: bool = False
+    builtin_palette: np.ndarray | None = None  # a dataset's official colours, known without its files
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +100,7 @@ class SegmentationSource:
 
     @property
     def palette(self) -> np.ndarray:
-        return default_palette(self.num_classes)
+        return default_palette(self.num_classes) if self.builtin_palette is None else self.builtin_palette
 
     def samples(self, split: str) -> list[Sample]:
         """All samples of a split ("train", "val" or "test")."""
