@@ -68,3 +68,23 @@ def test_one_image_and_a_bare_checkpoint(smoke_experiment, image_dir, tmp_path) 
     assert [Path(i["input"]).name for i in summary["images"]] == ["b.jpg"] and summary["step"] == "teacher"
     assert summary["inference"]["flip"] is True
     assert np.asarray(Image.open(tmp_path / "one" / "labels" / "b.png")).shape == SIZES["b.jpg"]
+
+
+@pytest.mark.parametrize("kind, params, expected", [
+    ("cityscapes", {}, "cityscapes"),  # the reader's built-in colours
+    ("folder", {"palette": [[1, 2, 3], [4, 5, 6]]}, [[1, 2, 3], [4, 5, 6]]),  # the configured ones
+    ("folder", {}, "default"),
+    ("not-a-kind", {}, "default"),
+])
+def test_palette_without_the_dataset_files(tmp_path: Path, kind, params, expected):
+    from omegaconf import OmegaConf
+
+    from mckd.data.cityscapes import PALETTE
+    from mckd.data.source import default_palette
+    from mckd.predict import dataset_palette
+
+    folder_keys = {"class_names": ["a", "b"], "splits": {"train": ["images", "masks"]}} if kind == "folder" else {}
+    cfg = OmegaConf.create({"kind": kind, "params": {"root": str(tmp_path / "absent"), **folder_keys, **params}})
+    want = {"cityscapes": PALETTE, "default": default_palette(2)}.get(expected, expected) \
+        if isinstance(expected, str) else expected
+    assert np.array_equal(dataset_palette(cfg, 2), np.asarray(want, dtype=np.uint8))
