@@ -184,18 +184,27 @@ def test_resume_after_failure_skips_finished_steps(tmp_path, monkeypatch, caplog
     monkeypatch.setattr(StudentModule, "training_step", failing)
     with pytest.raises(RuntimeError, match="injected failure"):
         smoke(exp, "train.student_epochs=2")
-    monkeypatch.undo()
-    assert (exp / "checkpoints" / "stage1-b" / "last.ckpt").is_file()
+    last = exp / "checkpoints" / "stage1-b" / "last.ckpt"
+    assert last.is_file()
     assert not (exp / "steps" / "stage1-b.json").exists()
+    steps_per_epoch = torch.load(last, weights_only=False)["global_step"]  # the epoch finished before the failure
     finished = ["steps/teacher.json", "steps/label-stage0.json", "steps/stage1-a.json",
                 "pseudo_labels/stage0/manifest.json", "checkpoints/teacher/best.ckpt"]
     before = {p: (exp / p).stat().st_mtime_ns for p in finished}
 
+    trained: list[str] = []
+
+    def counting(self, batch, batch_idx):
+        trained.append(self.hparams.name)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(StudentModule, "training_step", counting)
     with caplog.at_level(logging.INFO, logger="mckd"):
         res = smoke(exp, "train.student_epochs=2")
     assert {p: (exp / p).stat().st_mtime_ns for p in finished} == before  # nothing redone
     assert "stage1-b: training for 2 epochs, resuming from" in caplog.text
-    assert torch.load(exp / "checkpoints" / "stage1-b" / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert steps_per_epoch > 0 and trained.count("stage1-b") == steps_per_epoch  # only the missing epoch
+    assert torch.load(last, weights_only=False)["global_step"] == 2 * steps_per_epoch
     assert res["final"] is not None and len(res["stages"][0]["students"]) == 2
 
     caplog.clear()
