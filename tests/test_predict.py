@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from PIL import Image
 
+from mckd.data.cityscapes import PALETTE
+from mckd.data.source import default_palette
 from mckd.data.synthetic import CLASS_NAMES, render_scene
-from mckd.predict import PredictError, predict
+from mckd.predict import PredictError, dataset_palette, predict
 
 SIZES = {"a.png": (70, 130), "b.jpg": (200, 90), "c.bmp": (33, 47)}
 
@@ -71,20 +74,12 @@ def test_one_image_and_a_bare_checkpoint(smoke_experiment, image_dir, tmp_path) 
 
 
 @pytest.mark.parametrize("kind, params, expected", [
-    ("cityscapes", {}, "cityscapes"),  # the reader's built-in colours
+    ("cityscapes", {}, PALETTE),  # the reader's built-in colours
     ("folder", {"palette": [[1, 2, 3], [4, 5, 6]]}, [[1, 2, 3], [4, 5, 6]]),  # the configured ones
-    ("folder", {}, "default"),
-    ("not-a-kind", {}, "default"),
+    ("folder", {}, default_palette(2)),
+    ("not-a-kind", {}, default_palette(2)),
 ])
 def test_palette_without_the_dataset_files(tmp_path: Path, kind, params, expected):
-    from omegaconf import OmegaConf
-
-    from mckd.data.cityscapes import PALETTE
-    from mckd.data.source import default_palette
-    from mckd.predict import dataset_palette
-
     folder_keys = {"class_names": ["a", "b"], "splits": {"train": ["images", "masks"]}} if kind == "folder" else {}
     cfg = OmegaConf.create({"kind": kind, "params": {"root": str(tmp_path / "absent"), **folder_keys, **params}})
-    want = {"cityscapes": PALETTE, "default": default_palette(2)}.get(expected, expected) \
-        if isinstance(expected, str) else expected
-    assert np.array_equal(dataset_palette(cfg, 2), np.asarray(want, dtype=np.uint8))
+    assert np.array_equal(dataset_palette(cfg, 2), np.asarray(expected, dtype=np.uint8))
