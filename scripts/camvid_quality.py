@@ -2,9 +2,11 @@
 
 Rows: supervised (student architecture, labeled only), teacher (labeled only), vanilla KD (one student on the
 teacher's labels), MCKD K=2 and MCKD K=3. The KD rows of a seed share that seed's teacher (teacher.checkpoint),
-so they differ only in what happens after it. Jobs of one phase run in parallel processes.
+so they differ only in what happens after it; K=3 starts from a copy of K=2's first pair stage (the same
+computation). Jobs run as soon as what they need has finished, `--parallel` at a time; the members of a pair
+stage are separate processes. Re-running with the same --out resumes: finished steps are skipped.
 
-    python scripts/camvid_quality.py --seeds 0 1 2 --trainer cpu --parallel 1     # ~1 h per seed on 2 cores
+    OMP_NUM_THREADS=1 python scripts/camvid_quality.py --seeds 0 --trainer cpu --parallel 2 dataset.num_workers=1
     python scripts/camvid_quality.py --seeds 0 1 2 --trainer gpu --parallel 6     # minutes on one GPU
 """
 
@@ -13,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,19 +30,75 @@ ROWS = [("supervised", "camvid_supervised"), ("teacher", "camvid_teacher"), ("va
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
 
 
-def run_job(out: Path, preset: str, seed: int, extra: list[str]) -> Path:
-    """One mckd-train run in its own experiment directory; returns the directory."""
+def run_job(out: Path, preset: str, seed: int, extra: list[str], tag: str = "") -> Path:
+    """One mckd-train process in the row's experiment directory (re-running it resumes); returns the directory."""
     exp = out / f"seed{seed}" / preset
     cmd = [sys.executable, "-m", "mckd.cli", f"experiment={preset}", f"seed={seed}", f"hydra.run.dir={exp}", *extra]
-    log = out / f"seed{seed}" / f"{preset}.log"
+    log = out / f"seed{seed}" / f"{preset}{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "CI": "true"})
     if proc.returncode != 0:
-        raise SystemExit(f"{preset} seed {seed} failed ({proc.returncode}): see {log}")
-    print(f"  {preset} seed {seed}: {time.time() - start:.0f} s", flush=True)
+        raise SystemExit(f"{preset}{tag} seed {seed} failed ({proc.returncode}): see {log}")
+    print(f"  {preset}{tag} seed {seed}: {time.time() - start:.0f} s", flush=True)
     return exp
+
+
+def copy_first_stage(src: Path, dst: Path) -> None:
+    """Give K=3 the K=2 run's teacher step and first pair stage, which are the same computation (same seed)."""
+    for rel in ("steps/teacher.json", "steps/label-stage0.json", "steps/stage1-a.json", "steps/stage1-b.json",
+                "steps/label-stage1.json", "checkpoints/stage1-a", "checkpoints/stage1-b",
+                "pseudo_labels/stage0", "pseudo_labels/stage1"):
+        target = dst / rel
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (src / rel).is_dir() else shutil.copy2)(src / rel, target)
+
+
+def seed_jobs(out: Path, seed: int, extra: list[str]) -> dict[str, tuple[list[str], Callable[[], object]]]:
+    """The jobs of one seed as {name: (dependencies, run)}; pair members train in parallel processes."""
+    def job(preset: str, *args: str, tag: str = "") -> Callable[[], Path]:
+        return lambda: run_job(out, preset, seed, [*extra, *args], tag)
+
+    teacher = f"teacher.checkpoint={out / f'seed{seed}' / 'camvid_teacher' / 'checkpoints' / 'teacher' / 'best.ckpt'}"
+    k2, k3 = out / f"seed{seed}" / "camvid_mckd", out / f"seed{seed}" / "camvid_mckd_k3"
+    # the longest chain first (teacher -> K=2 pair -> K=3 pair -> K=3 final); jobs off it fill the gaps
+    jobs: dict[str, tuple[list[str], Callable[[], object]]] = {
+        "teacher": ([], job("camvid_teacher")),
+        "supervised": ([], job("camvid_supervised")),
+        "k2-labels0": (["teacher"], job("camvid_mckd", teacher, "stage=teacher", tag="-labels0")),
+        "k2-a": (["k2-labels0"], job("camvid_mckd", teacher, "stage=first", "member=a", tag="-a")),
+        "k2-b": (["k2-labels0"], job("camvid_mckd", teacher, "stage=first", "member=b", tag="-b")),
+        "k2-labels1": (["k2-a", "k2-b"], job("camvid_mckd", teacher, "stage=first", tag="-labels1")),
+        "k3-copy": (["k2-labels1"], lambda: copy_first_stage(k2, k3)),
+        "k3-a": (["k3-copy"], job("camvid_mckd_k3", teacher, "stage=first", "pair_stage=2", "member=a", tag="-a")),
+        "k3-b": (["k3-copy"], job("camvid_mckd_k3", teacher, "stage=first", "pair_stage=2", "member=b", tag="-b")),
+        "k3-final": (["k3-a", "k3-b"], job("camvid_mckd_k3", teacher)),
+        "k2-final": (["k2-labels1"], job("camvid_mckd", teacher)),
+        "vanilla": (["teacher"], job("camvid_vanilla_kd", teacher)),
+    }
+    return {f"seed{seed}/{name}": ([f"seed{seed}/{d}" for d in deps], run) for name, (deps, run) in jobs.items()}
+
+
+def run_graph(jobs: dict[str, tuple[list[str], Callable[[], object]]], parallel: int) -> None:
+    """Run jobs as soon as their dependencies are done, at most `parallel` at once, in the order given."""
+    done: set[str] = set()
+    running: dict[Future, str] = {}
+    with ThreadPoolExecutor(parallel) as pool:
+        while len(done) < len(jobs):
+            started = set(running.values())
+            for name, (deps, run) in jobs.items():
+                if len(running) < parallel and name not in done | started and all(d in done for d in deps):
+                    running[pool.submit(run)] = name
+                    started.add(name)
+            if not running:
+                raise ValueError(f"jobs whose dependencies never finish: {sorted(set(jobs) - done)}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                future.result()
+                done.add(running.pop(future))
 
 
 def row_figures(exp: Path, preset: str) -> dict:
@@ -91,16 +151,11 @@ def main() -> None:
     args = parser.parse_args()
     extra = [f"trainer={args.trainer}", *args.overrides]
     start = time.time()
-    with ThreadPoolExecutor(args.parallel) as pool:
-        first = {(p, s): pool.submit(run_job, args.out, p, s, extra)
-                 for s in args.seeds for p in ("camvid_teacher", "camvid_supervised")}
-        exps = {k: f.result() for k, f in first.items()}
-        later = {}
-        for s in args.seeds:
-            teacher = exps[("camvid_teacher", s)] / "checkpoints" / "teacher" / "best.ckpt"
-            for p in ("camvid_vanilla_kd", "camvid_mckd", "camvid_mckd_k3"):
-                later[(p, s)] = pool.submit(run_job, args.out, p, s, [*extra, f"teacher.checkpoint={teacher}"])
-        exps.update({k: f.result() for k, f in later.items()})
+    jobs = {}
+    for seed in args.seeds:  # seed by seed, so that the first seeds' rows finish first
+        jobs.update(seed_jobs(args.out, seed, extra))
+    run_graph(jobs, args.parallel)
+    exps = {(p, s): args.out / f"seed{s}" / p for _, p in ROWS for s in args.seeds}
     figures = {p: [row_figures(exps[(p, s)], p) for s in args.seeds] for _, p in ROWS}
     text = table(figures, args.seeds)
     text += f"\nCommand: `python scripts/camvid_quality.py --seeds {' '.join(map(str, args.seeds))} " \

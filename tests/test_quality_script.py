@@ -1,0 +1,70 @@
+"""scripts/camvid_quality.py: its job graph, and the whole table end to end on generated CamVid-layout data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli_env
+from fixtures import make_camvid
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import camvid_quality  # noqa: E402
+
+ROW_DIRS = ("camvid_supervised", "camvid_teacher", "camvid_vanilla_kd", "camvid_mckd", "camvid_mckd_k3")
+
+
+def test_jobs_start_only_after_what_they_need() -> None:
+    finished: dict[str, float] = {}
+    started: dict[str, float] = {}
+
+    def job(name: str):
+        def run() -> None:
+            started[name] = time.monotonic()
+            time.sleep(0.02)
+            finished[name] = time.monotonic()
+        return run
+
+    graph = {"t": ([], job("t")), "a": (["t"], job("a")), "b": (["t"], job("b")), "c": (["a", "b"], job("c"))}
+    camvid_quality.run_graph(graph, parallel=2)
+    assert set(finished) == set(graph)
+    for name, (deps, _) in graph.items():
+        assert all(finished[d] <= started[name] for d in deps), name
+
+
+def test_a_job_that_can_never_start_is_an_error() -> None:
+    with pytest.raises(ValueError, match="never finish"):
+        camvid_quality.run_graph({"a": (["missing"], lambda: None)}, parallel=1)
+
+
+def test_docs_table_is_replaced_between_its_markers(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# B\n\nbefore\n{camvid_quality.BEGIN}\nold\n{camvid_quality.END}\nafter\n")
+    camvid_quality.write_docs("new table", docs)
+    assert docs.read_text() == f"# B\n\nbefore\n{camvid_quality.BEGIN}\nnew table\n{camvid_quality.END}\nafter\n"
+
+
+def test_whole_table_on_generated_camvid(tmp_path: Path) -> None:
+    """Every row's runs (pair members as separate processes, K=3 from K=2's first stage) and the docs table."""
+    make_camvid(tmp_path / "data" / "camvid", n_train=16, n_val=4)
+    docs = tmp_path / "benchmarks.md"
+    env = {**cli_env(tmp_path), "MCKD_DATA_ROOT": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "scripts" / "camvid_quality.py"), "--seeds", "0", "--parallel", "2",
+           "--out", str(tmp_path / "out"), "--docs", str(docs), "debug=smoke", "dataset.num_workers=0",
+           "teacher.encoder_weights=null", "student.encoder_weights=null"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    seed = tmp_path / "out" / "seed0"
+    for row in ROW_DIRS:
+        assert (seed / row / "results.json").is_file(), row
+    k3 = json.loads((seed / "camvid_mckd_k3" / "results.json").read_text())
+    k2 = json.loads((seed / "camvid_mckd" / "results.json").read_text())
+    assert [s["pseudo_label_miou"] for s in k3["stages"]][0] == k2["stages"][0]["pseudo_label_miou"]
+    assert len(k3["stages"]) == 2 and k3["final"]["val_miou"] is not None
+    table = docs.read_text()
+    assert camvid_quality.BEGIN in table and "| MCKD K=3 |" in table and "RESULT " in proc.stdout
