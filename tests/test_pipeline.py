@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 import mckd
 from mckd.cli import run_pipeline
 from mckd.data import Sample, SegmentationDataModule
+from mckd.data.synthetic import CLASS_NAMES
 from mckd.modules import StudentModule
 from mckd.pipeline.experiment import student_names
 from mckd.pipeline.partition import partition, stage_partitions
@@ -157,6 +158,9 @@ def test_end_to_end(tmp_path, num_stages, num_partitions):
         manifest = json.loads((exp / "pseudo_labels" / f"stage{k}" / "manifest.json").read_text())
         assert manifest["complete"] and manifest["num_samples"] == 12  # debug=smoke: 12 unlabeled
         assert len(list((exp / "pseudo_labels" / f"stage{k}" / "labels").glob("*.png"))) == 12
+        record = json.loads((exp / "steps" / f"label-stage{k}.json").read_text())
+        per_class = record["pseudo_label_per_class_iou"]  # which classes the labels keep or lose, stage by stage
+        assert list(per_class) == list(CLASS_NAMES) and np.nanmean(list(per_class.values())) == pytest.approx(record["pseudo_label_miou"])
     check_cross_labeling(exp, num_stages, num_partitions)
 
 

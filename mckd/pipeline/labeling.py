@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mckd.data.source import Sample, SegmentationSource
-from mckd.modules.segmentation import iou_metric, mean_iou
+from mckd.modules.segmentation import iou_metric
 from mckd.pipeline.store import PseudoLabelStore, StageReader
 from mckd.progress import progress
 
@@ -50,8 +50,8 @@ class PseudoLabelWriter(BasePredictionWriter):
         self._pool.shutdown()
 
 
-def pseudo_label_miou(source: SegmentationSource, samples: list[Sample], reader: StageReader) -> float | None:
-    """mIoU of stored labels against the samples' own ground truth; None when none of them has any."""
+def pseudo_label_iou(source: SegmentationSource, samples: list[Sample], reader: StageReader) -> torch.Tensor | None:
+    """Per-class IoU of stored labels against the samples' own ground truth; None when none of them has any."""
     metric = iou_metric(source.num_classes, sync=False)  # computed on rank 0 alone
     seen = 0
     for sample in progress(samples, desc="pseudo-label mIoU"):
@@ -61,4 +61,4 @@ def pseudo_label_miou(source: SegmentationSource, samples: list[Sample], reader:
         label = reader.read(sample.id)["label"]
         metric.update(torch.from_numpy(label.astype("int64"))[None], torch.from_numpy(truth.astype("int64"))[None])
         seen += 1
-    return float(mean_iou(metric.compute())) if seen else None
+    return metric.compute() if seen else None

@@ -22,8 +22,9 @@ from mckd.data import SegmentationDataModule
 from mckd.data.source import Sample
 from mckd.errors import MckdError
 from mckd.modules import Labeler, SegmentationModule, StudentModule
+from mckd.modules.segmentation import mean_iou
 from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_names
-from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_miou
+from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.results import write_results
 from mckd.visualize import write_pictures
@@ -158,8 +159,11 @@ class Pipeline:
                           for j, (samples, names, _) in enumerate(jobs)]
             self.exp.store.write_manifest(stage, {"partitions": partitions, "trained_on": trained_on})
             everything = [s for samples, _, _ in jobs for s in samples]
-            miou = pseudo_label_miou(self.dm.source, everything, self.exp.store.reader(stage))
+            per_class = pseudo_label_iou(self.dm.source, everything, self.exp.store.reader(stage))
+            miou = None if per_class is None else float(mean_iou(per_class))
+            per_class_iou = None if per_class is None else dict(zip(self.dm.source.class_names, per_class.tolist()))
             self.exp.save_record(name, {"name": name, "stage": stage, "pseudo_label_miou": miou,
+                                        "pseudo_label_per_class_iou": per_class_iou,
                                         "wall_time_s": round(time.time() - start, 1)})
             log.info("%s: pseudo-label mIoU %s", name, "n/a" if miou is None else f"{miou:.4f}")
         barrier()
