@@ -131,6 +131,20 @@ def table(figures: dict[str, list[dict]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def label_classes_table(k3_dirs: list[Path]) -> str:
+    """Per-class IoU of the K=3 row's pseudo-labels at each stage (mean over seeds): which classes are lost."""
+    records = [[json.loads(p.read_text()) for p in sorted(d.glob("steps/label-stage*.json"))] for d in k3_dirs]
+    per_stage = [[r[k].get("pseudo_label_per_class_iou") for r in records] for k in range(len(records[0]))]
+    if not per_stage or any(c is None for stage in per_stage for c in stage):
+        return ""
+    names = list(per_stage[0][0])
+    lines = ["| labels | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for k, stage in enumerate(per_stage):
+        means = [statistics.mean(c[n] for c in stage) for n in names]
+        lines.append(f"| stage {k} | " + " | ".join(f"{v:.2f}" for v in means) + " |")
+    return "\n".join(lines)
+
+
 def write_docs(text: str, docs: Path) -> None:
     old = docs.read_text() if docs.is_file() else "# Benchmarks\n"
     block = f"{BEGIN}\n{text}\n{END}"
@@ -147,20 +161,25 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="jobs run at once")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "camvid_quality")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     parser.add_argument("overrides", nargs="*", help="extra mckd-train overrides for every job")
     args = parser.parse_args()
     extra = [f"trainer={args.trainer}", *args.overrides]
     start = time.time()
-    jobs = {}
-    for seed in args.seeds:  # seed by seed, so that the first seeds' rows finish first
-        jobs.update(seed_jobs(args.out, seed, extra))
-    run_graph(jobs, args.parallel)
+    if not args.table_only:
+        jobs = {}
+        for seed in args.seeds:  # seed by seed, so that the first seeds' rows finish first
+            jobs.update(seed_jobs(args.out, seed, extra))
+        run_graph(jobs, args.parallel)
     exps = {(p, s): args.out / f"seed{s}" / p for _, p in ROWS for s in args.seeds}
     figures = {p: [row_figures(exps[(p, s)], p) for s in args.seeds] for _, p in ROWS}
     text = table(figures, args.seeds)
+    classes = label_classes_table([exps[("camvid_mckd_k3", s)] for s in args.seeds])
+    if classes:
+        text += f"\n\nPer-class IoU of the MCKD K=3 row's pseudo-labels on the unlabeled split:\n\n{classes}\n"
     text += f"\nCommand: `python scripts/camvid_quality.py --seeds {' '.join(map(str, args.seeds))} " \
-            f"--trainer {args.trainer} --parallel {args.parallel}{''.join(' ' + o for o in args.overrides)}`; " \
-            f"whole table {time.time() - start:.0f} s wall."
+            f"--trainer {args.trainer} --parallel {args.parallel}{''.join(' ' + o for o in args.overrides)}`"
+    text += "." if args.table_only else f"; whole table {time.time() - start:.0f} s wall."
     (args.out / "table.md").write_text(text + "\n")
     write_docs(text, args.docs)
     print(text)

@@ -68,3 +68,7 @@ def test_whole_table_on_generated_camvid(tmp_path: Path) -> None:
     assert len(k3["stages"]) == 2 and k3["final"]["val_miou"] is not None
     table = docs.read_text()
     assert camvid_quality.BEGIN in table and "| MCKD K=3 |" in table and "RESULT " in proc.stdout
+    assert "| stage 2 |" in table  # per-class IoU of the K=3 labels, stage by stage
+    rebuilt = subprocess.run([*cmd, "--table-only"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert rebuilt.returncode == 0 and "training" not in rebuilt.stdout + rebuilt.stderr
+    assert rebuilt.stdout.split("RESULT ")[1] == proc.stdout.split("RESULT ")[1]
