@@ -27,6 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [("supervised", "camvid_supervised"), ("teacher", "camvid_teacher"), ("vanilla KD", "camvid_vanilla_kd"),
         ("MCKD K=2", "camvid_mckd"), ("MCKD K=3", "camvid_mckd_k3")]
+# the job that finishes each row (see seed_jobs); a row needs it and everything it depends on
+ROW_JOBS = {"camvid_supervised": "supervised", "camvid_teacher": "teacher", "camvid_vanilla_kd": "vanilla",
+            "camvid_mckd": "k2-final", "camvid_mckd_k3": "k3-final"}
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
 
 
@@ -82,6 +85,17 @@ def seed_jobs(out: Path, seed: int, extra: list[str]) -> dict[str, tuple[list[st
     return {f"seed{seed}/{name}": ([f"seed{seed}/{d}" for d in deps], run) for name, (deps, run) in jobs.items()}
 
 
+def needed_by(jobs: dict[str, tuple[list[str], Callable[[], object]]], wanted: list[str]) -> dict:
+    """The jobs in `wanted` and everything they depend on, in their original order."""
+    keep, todo = set(), list(wanted)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(jobs[name][0])
+    return {name: job for name, job in jobs.items() if name in keep}
+
+
 def run_graph(jobs: dict[str, tuple[list[str], Callable[[], object]]], parallel: int) -> None:
     """Run jobs as soon as their dependencies are done, at most `parallel` at once, in the order given."""
     done: set[str] = set()
@@ -101,6 +115,14 @@ def run_graph(jobs: dict[str, tuple[list[str], Callable[[], object]]], parallel:
                 done.add(running.pop(future))
 
 
+def finished(exp: Path, preset: str) -> bool:
+    """Whether a row's run has its final figures (its results.json has the row's last model)."""
+    if not (exp / "results.json").is_file():
+        return False
+    res = json.loads((exp / "results.json").read_text())
+    return (res["teacher"] if preset in ("camvid_supervised", "camvid_teacher") else res["final"]) is not None
+
+
 def row_figures(exp: Path, preset: str) -> dict:
     res = json.loads((exp / "results.json").read_text())
     if preset in ("camvid_supervised", "camvid_teacher"):
@@ -118,21 +140,26 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def table(figures: dict[str, list[dict]], seeds: list[int]) -> str:
-    lines = ["| row | val mIoU | pseudo-label mIoU by stage (unlabeled split) | seconds per seed (excl. teacher) |",
-             "| --- | ---: | --- | ---: |"]
+def table(figures: dict[str, dict[int, dict]]) -> str:
+    lines = ["| row | seeds | val mIoU | pseudo-label mIoU by stage (unlabeled split) | seconds per seed (excl. teacher) |",
+             "| --- | --- | ---: | --- | ---: |"]
     for name, preset in ROWS:
-        runs = figures[preset]
+        runs = list(figures[preset].values())
+        if not runs:
+            continue
         stages = len(runs[0]["labels"])
         labels = " → ".join(mean_spread([r["labels"][k] for r in runs]) for k in range(stages)) or "-"
         secs = statistics.mean(r["seconds"] for r in runs)
-        lines.append(f"| {name} | {mean_spread([r['val_miou'] for r in runs])} | {labels} | {secs:.0f} |")
-    lines.append(f"\nSeeds: {', '.join(map(str, seeds))} (mean ± sample standard deviation where more than one).")
+        seeds = ", ".join(map(str, figures[preset]))
+        lines.append(f"| {name} | {seeds} | {mean_spread([r['val_miou'] for r in runs])} | {labels} | {secs:.0f} |")
+    lines.append("\nMean ± sample standard deviation over the seeds where a row has more than one.")
     return "\n".join(lines)
 
 
 def label_classes_table(k3_dirs: list[Path]) -> str:
     """Per-class IoU of the K=3 row's pseudo-labels at each stage (mean over seeds): which classes are lost."""
+    if not k3_dirs:
+        return ""
     records = [[json.loads(p.read_text()) for p in sorted(d.glob("steps/label-stage*.json"))] for d in k3_dirs]
     per_stage = [[r[k].get("pseudo_label_per_class_iou") for r in records] for k in range(len(records[0]))]
     if not per_stage or any(c is None for stage in per_stage for c in stage):
@@ -162,6 +189,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "camvid_quality")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
+    parser.add_argument("--rows", nargs="+", choices=list(ROW_JOBS), default=list(ROW_JOBS),
+                        help="run only these rows (and what they need); the table shows every finished row")
     parser.add_argument("overrides", nargs="*", help="extra mckd-train overrides for every job")
     args = parser.parse_args()
     extra = [f"trainer={args.trainer}", *args.overrides]
@@ -169,12 +198,13 @@ def main() -> None:
     if not args.table_only:
         jobs = {}
         for seed in args.seeds:  # seed by seed, so that the first seeds' rows finish first
-            jobs.update(seed_jobs(args.out, seed, extra))
+            seed_graph = seed_jobs(args.out, seed, extra)
+            jobs.update(needed_by(seed_graph, [f"seed{seed}/{ROW_JOBS[row]}" for row in args.rows]))
         run_graph(jobs, args.parallel)
     exps = {(p, s): args.out / f"seed{s}" / p for _, p in ROWS for s in args.seeds}
-    figures = {p: [row_figures(exps[(p, s)], p) for s in args.seeds] for _, p in ROWS}
-    text = table(figures, args.seeds)
-    classes = label_classes_table([exps[("camvid_mckd_k3", s)] for s in args.seeds])
+    figures = {p: {s: row_figures(exps[(p, s)], p) for s in args.seeds if finished(exps[(p, s)], p)} for _, p in ROWS}
+    text = table(figures)
+    classes = label_classes_table([exps[("camvid_mckd_k3", s)] for s in figures["camvid_mckd_k3"]])
     if classes:
         text += f"\n\nPer-class IoU of the MCKD K=3 row's pseudo-labels on the unlabeled split:\n\n{classes}\n"
     text += f"\nCommand: `python scripts/camvid_quality.py --seeds {' '.join(map(str, args.seeds))} " \
@@ -183,7 +213,7 @@ def main() -> None:
     (args.out / "table.md").write_text(text + "\n")
     write_docs(text, args.docs)
     print(text)
-    means = {p: statistics.mean(r["val_miou"] for r in figures[p]) for _, p in ROWS}
+    means = {p: statistics.mean(r["val_miou"] for r in figures[p].values()) for _, p in ROWS if figures[p]}
     print("RESULT " + " ".join(f"{p}={v:.4f}" for p, v in means.items()))
 
 
