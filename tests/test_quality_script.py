@@ -37,6 +37,14 @@ def test_jobs_start_only_after_what_they_need() -> None:
         assert all(finished[d] <= started[name] for d in deps), name
 
 
+def test_a_row_runs_only_what_it_needs(tmp_path: Path) -> None:
+    jobs = camvid_quality.seed_jobs(tmp_path, 1, [])
+    assert list(camvid_quality.needed_by(jobs, ["seed1/teacher", "seed1/supervised"])) == ["seed1/teacher",
+                                                                                          "seed1/supervised"]
+    k3 = camvid_quality.needed_by(jobs, ["seed1/k3-final"])
+    assert "seed1/k2-a" in k3 and "seed1/k2-final" not in k3 and "seed1/supervised" not in k3
+
+
 def test_a_job_that_can_never_start_is_an_error() -> None:
     with pytest.raises(ValueError, match="never finish"):
         camvid_quality.run_graph({"a": (["missing"], lambda: None)}, parallel=1)
