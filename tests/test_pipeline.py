@@ -20,7 +20,7 @@ from mckd.data import Sample, SegmentationDataModule
 from mckd.data.synthetic import CLASS_NAMES
 from mckd.modules import StudentModule
 from mckd.pipeline.experiment import student_names
-from mckd.pipeline.partition import partition, stage_partitions
+from mckd.pipeline.partition import PartitionError, partition, stage_partitions
 from mckd.pipeline.store import IncompleteStageError, PseudoLabelStore
 
 CONF = str(Path(mckd.__file__).parent / "conf")
@@ -74,6 +74,40 @@ def test_partitions_fixed_across_stages_unless_repartition():
     pool = samples(40)
     assert stage_partitions(pool, 2, 0, 1, False) == stage_partitions(pool, 2, 0, 2, False)
     assert stage_partitions(pool, 2, 0, 1, True) != stage_partitions(pool, 2, 0, 2, True)
+
+
+def video_frames() -> list[Sample]:
+    """CamVid-like ids: sequence, underscore, frame number; sequences of 9, 5, 4 and 2 frames."""
+    return [Sample(f"{seq}_{f:05d}", "") for seq, n in (("0016E5", 9), ("0006R0", 5), ("Seq05VD", 4), ("0001TP", 2))
+            for f in range(0, 30 * n, 30)]
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_grouped_partitions_keep_each_sequence_whole(parts):
+    pool = video_frames()
+    result = stage_partitions(pool, parts, 0, 1, False, group=r"^([^_]+)_")
+    assert sorted(s.id for part in result for s in part) == sorted(s.id for s in pool)
+    sequences = [{s.id.split("_")[0] for s in part} for part in result]
+    assert all(sequences) and sum(map(len, sequences)) == 4  # no sequence in two partitions, none empty
+    assert max(map(len, result)) - min(map(len, result)) <= 5  # largest sequence first, then to the smallest
+    assert result == stage_partitions(list(reversed(pool)), parts, 0, 2, False, group=r"^([^_]+)_")
+
+
+def test_grouped_partitions_fail_clearly():
+    with pytest.raises(PartitionError, match="finds 4 groups"):
+        stage_partitions(video_frames(), 5, 0, 1, False, group=r"^([^_]+)_")
+    with pytest.raises(PartitionError, match="does not match the unlabeled sample id 'img_000'"):
+        stage_partitions(samples(4), 2, 0, 1, False, group=r"^(\d+)_")
+
+
+def test_pipeline_partitions_by_group(tmp_path):
+    """partition_group reaches the pipeline: ids train_0000x, train_0001x, ... stay together by tens."""
+    exp = tmp_path / "exp"
+    smoke(exp, "partition_group='^train_(\\d{4})'")
+    manifest = json.loads((exp / "pseudo_labels" / "stage1" / "manifest.json").read_text())
+    tens = [{i[:-1] for i in part["ids"]} for part in manifest["partitions"]]
+    assert not tens[0] & tens[1] and all(tens)
+    check_cross_labeling(exp, 2, 2)
 
 
 def test_partitions_same_in_every_process():

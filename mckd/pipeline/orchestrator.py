@@ -199,7 +199,8 @@ class Pipeline:
 
     def partitions(self, stage: int) -> list[list[Sample]]:
         cfg = self.cfg
-        return stage_partitions(self.dm.splits.unlabeled, cfg.num_partitions, cfg.seed, stage, cfg.repartition)
+        return stage_partitions(self.dm.splits.unlabeled, cfg.num_partitions, cfg.seed, stage, cfg.repartition,
+                                cfg.get("partition_group"))
 
     def run_pair_stage(self, stage: int) -> bool:
         """Train stage `stage`'s students, then cross-label; False while some member is still missing."""
