@@ -77,6 +77,12 @@ def test_whole_table_on_generated_camvid(tmp_path: Path) -> None:
     table = docs.read_text()
     assert camvid_quality.BEGIN in table and "| MCKD K=3 |" in table and "RESULT " in proc.stdout
     assert "| stage 2 |" in table  # per-class IoU of the K=3 labels, stage by stage
+    errors = subprocess.run([sys.executable, str(ROOT / "scripts" / "label_errors.py"), str(seed / "camvid_mckd"),
+                             "--frames", r"^(.+)_(\d+)$"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert errors.returncode == 0, errors.stderr[-3000:]
+    figures = json.loads(errors.stdout.splitlines()[-1])
+    assert figures["samples"] == 12 and 0 <= figures["repeated"] + figures["fixed"] <= 1  # debug=smoke: 12 unlabeled
+    assert 0 <= figures["neighbour_within_1_step"] <= figures["neighbour_within_2_steps"] <= 1
     rebuilt = subprocess.run([*cmd, "--table-only"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert rebuilt.returncode == 0 and "training" not in rebuilt.stdout + rebuilt.stderr
     assert rebuilt.stdout.split("RESULT ")[1] == proc.stdout.split("RESULT ")[1]
