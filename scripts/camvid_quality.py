@@ -207,9 +207,14 @@ def main() -> None:
     classes = label_classes_table([exps[("camvid_mckd_k3", s)] for s in figures["camvid_mckd_k3"]])
     if classes:
         text += f"\n\nPer-class IoU of the MCKD K=3 row's pseudo-labels on the unlabeled split:\n\n{classes}\n"
-    text += f"\nCommand: `python scripts/camvid_quality.py --seeds {' '.join(map(str, args.seeds))} " \
-            f"--trainer {args.trainer} --parallel {args.parallel}{''.join(' ' + o for o in args.overrides)}`"
-    text += "." if args.table_only else f"; whole table {time.time() - start:.0f} s wall."
+    seeds = " ".join(map(str, args.seeds))
+    if args.table_only:
+        text += f"\nRebuilt from the finished runs in `{args.out}` by `python scripts/camvid_quality.py --seeds {seeds} " \
+                f"--out {args.out} --table-only`."
+    else:
+        text += f"\nCommand: `python scripts/camvid_quality.py --seeds {seeds} --trainer {args.trainer} " \
+                f"--parallel {args.parallel}{''.join(' ' + o for o in args.overrides)}`; " \
+                f"whole table {time.time() - start:.0f} s wall."
     (args.out / "table.md").write_text(text + "\n")
     write_docs(text, args.docs)
     print(text)
