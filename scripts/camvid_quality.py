@@ -79,7 +79,8 @@ def seed_jobs(out: Path, seed: int, extra: list[str]) -> dict[str, tuple[list[st
         "k3-a": (["k3-copy"], job("camvid_mckd_k3", teacher, "stage=first", "pair_stage=2", "member=a", tag="-a")),
         "k3-b": (["k3-copy"], job("camvid_mckd_k3", teacher, "stage=first", "pair_stage=2", "member=b", tag="-b")),
         "k3-final": (["k3-a", "k3-b"], job("camvid_mckd_k3", teacher)),
-        "k2-final": (["k2-labels1"], job("camvid_mckd", teacher)),
+        # after the copy, so that the K=3 members, listed first, take the free slots before it
+        "k2-final": (["k3-copy"], job("camvid_mckd", teacher)),
         "vanilla": (["teacher"], job("camvid_vanilla_kd", teacher)),
     }
     return {f"seed{seed}/{name}": ([f"seed{seed}/{d}" for d in deps], run) for name, (deps, run) in jobs.items()}

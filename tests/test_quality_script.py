@@ -45,6 +45,21 @@ def test_a_row_runs_only_what_it_needs(tmp_path: Path) -> None:
     assert "seed1/k2-a" in k3 and "seed1/k2-final" not in k3 and "seed1/supervised" not in k3
 
 
+def test_k3_members_start_before_k2_final(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The longest chain goes first: when K=2's labels are done, K=3's members take the free slots."""
+    started: list[str] = []
+
+    def fake_run(out: Path, preset: str, seed: int, extra: list[str], tag: str = "") -> Path:
+        started.append(preset + tag)
+        time.sleep(0.02)
+        return out
+
+    monkeypatch.setattr(camvid_quality, "run_job", fake_run)
+    monkeypatch.setattr(camvid_quality, "copy_first_stage", lambda src, dst: None)
+    camvid_quality.run_graph(camvid_quality.seed_jobs(tmp_path, 0, []), parallel=2)
+    assert started.index("camvid_mckd_k3-b") < started.index("camvid_mckd")  # camvid_mckd: K=2's final student
+
+
 def test_a_job_that_can_never_start_is_an_error() -> None:
     with pytest.raises(ValueError, match="never finish"):
         camvid_quality.run_graph({"a": (["missing"], lambda: None)}, parallel=1)
