@@ -142,7 +142,7 @@ def mean_spread(values: list[float]) -> str:
 
 
 def table(figures: dict[str, dict[int, dict]]) -> str:
-    lines = ["| row | seeds | val mIoU | pseudo-label mIoU by stage (unlabeled split) | seconds per seed (excl. teacher) |",
+    lines = ["| row | seeds | val mIoU | pseudo-label mIoU by stage (unlabeled split) | training seconds per seed (KD rows: after the teacher) |",
              "| --- | --- | ---: | --- | ---: |"]
     for name, preset in ROWS:
         runs = list(figures[preset].values())
