@@ -24,6 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from mckd.pipeline.experiment import student_names
+
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [("supervised", "camvid_supervised"), ("teacher", "camvid_teacher"), ("vanilla KD", "camvid_vanilla_kd"),
         ("MCKD K=2", "camvid_mckd"), ("MCKD K=3", "camvid_mckd_k3")]
@@ -50,9 +52,10 @@ def run_job(out: Path, preset: str, seed: int, extra: list[str], tag: str = "") 
 
 def copy_first_stage(src: Path, dst: Path) -> None:
     """Give K=3 the K=2 run's teacher step and first pair stage, which are the same computation (same seed)."""
-    for rel in ("steps/teacher.json", "steps/label-stage0.json", "steps/stage1-a.json", "steps/stage1-b.json",
-                "steps/label-stage1.json", "checkpoints/stage1-a", "checkpoints/stage1-b",
-                "pseudo_labels/stage0", "pseudo_labels/stage1"):
+    members = student_names(1, 2)  # the presets' num_partitions
+    for rel in ("steps/teacher.json", "steps/label-stage0.json", "steps/label-stage1.json",
+                "pseudo_labels/stage0", "pseudo_labels/stage1",
+                *(f"steps/{m}.json" for m in members), *(f"checkpoints/{m}" for m in members)):
         target = dst / rel
         if target.exists():
             continue
@@ -116,19 +119,16 @@ def run_graph(jobs: dict[str, tuple[list[str], Callable[[], object]]], parallel:
                 done.add(running.pop(future))
 
 
-def finished(exp: Path, preset: str) -> bool:
-    """Whether a row's run has its final figures (its results.json has the row's last model)."""
+def row_figures(exp: Path, preset: str) -> dict | None:
+    """A row's figures for one seed; None until its run has its last model."""
     if not (exp / "results.json").is_file():
-        return False
-    res = json.loads((exp / "results.json").read_text())
-    return (res["teacher"] if preset in ("camvid_supervised", "camvid_teacher") else res["final"]) is not None
-
-
-def row_figures(exp: Path, preset: str) -> dict:
+        return None
     res = json.loads((exp / "results.json").read_text())
     if preset in ("camvid_supervised", "camvid_teacher"):
         t = res["teacher"]
-        return {"val_miou": t["val_miou"], "labels": [], "seconds": t["wall_time_s"]}
+        return None if t is None else {"val_miou": t["val_miou"], "labels": [], "seconds": t["wall_time_s"]}
+    if res["final"] is None:
+        return None
     labels = [res["teacher"]["pseudo_label_miou"]] + [s["pseudo_label_miou"] for s in res["stages"]]
     seconds = sum(s["wall_time_s"] for st in res["stages"] for s in st["students"])
     seconds += res["final"]["wall_time_s"] + sum(st["label_wall_time_s"] or 0 for st in res["stages"])
@@ -161,7 +161,8 @@ def label_classes_table(k3_dirs: list[Path]) -> str:
     """Per-class IoU of the K=3 row's pseudo-labels at each stage (mean over seeds): which classes are lost."""
     if not k3_dirs:
         return ""
-    records = [[json.loads(p.read_text()) for p in sorted(d.glob("steps/label-stage*.json"))] for d in k3_dirs]
+    stages = json.loads((k3_dirs[0] / "results.json").read_text())["num_stages"]  # label stages 0..K-1
+    records = [[json.loads((d / "steps" / f"label-stage{k}.json").read_text()) for k in range(stages)] for d in k3_dirs]
     per_stage = [[r[k].get("pseudo_label_per_class_iou") for r in records] for k in range(len(records[0]))]
     if not per_stage or any(c is None for stage in per_stage for c in stage):
         return ""
@@ -203,7 +204,8 @@ def main() -> None:
             jobs.update(needed_by(seed_graph, [f"seed{seed}/{ROW_JOBS[row]}" for row in args.rows]))
         run_graph(jobs, args.parallel)
     exps = {(p, s): args.out / f"seed{s}" / p for _, p in ROWS for s in args.seeds}
-    figures = {p: {s: row_figures(exps[(p, s)], p) for s in args.seeds if finished(exps[(p, s)], p)} for _, p in ROWS}
+    runs = {(p, s): row_figures(exps[(p, s)], p) for (p, s) in exps}
+    figures = {p: {s: runs[(p, s)] for s in args.seeds if runs[(p, s)] is not None} for _, p in ROWS}
     text = table(figures)
     classes = label_classes_table([exps[("camvid_mckd_k3", s)] for s in figures["camvid_mckd_k3"]])
     if classes:

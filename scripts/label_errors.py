@@ -42,9 +42,16 @@ def error_counts(dm: SegmentationDataModule, store: PseudoLabelStore, stage: int
             "fixed": fixed / prev_wrong, "new_errors": new_wrong / valid, "agreement": same / valid}
 
 
+def frame_of(sample_id: str, pattern: str) -> tuple[str, str]:
+    match = re.match(pattern, sample_id)
+    if match is None or len(match.groups()) != 2:
+        raise SystemExit(f"--frames {pattern!r}: expected two groups (sequence, frame number) in sample id {sample_id!r}")
+    return match.groups()
+
+
 def frame_gaps(manifest: dict, pattern: str) -> dict[str, float]:
     """Share of samples with a frame of another partition at most 1 and 2 frame steps away (same sequence)."""
-    frames = [[re.match(pattern, i).groups() for i in part["ids"]] for part in manifest["partitions"]]
+    frames = [[frame_of(i, pattern) for i in part["ids"]] for part in manifest["partitions"]]
     steps = {}
     for seq in {s for part in frames for s, _ in part}:
         numbers = sorted(int(f) for part in frames for s, f in part if s == seq)
