@@ -98,7 +98,7 @@ def main() -> None:
     teacher_rate = loader_rate(dm, batches, args.warmup)
     print(f"teacher loader: {teacher_rate:.1f} img/s", flush=True)
     fake_stage(pipe)
-    pipe.use_pseudo_labels(dm.splits.unlabeled, pipe.exp.store.reader(0))
+    pipe.use_pseudo_labels(dm.splits.unlabeled, pipe.exp.store.reader(0), "final")
     student_rate = loader_rate(dm, batches, args.warmup)
     print(f"student loader: {student_rate:.1f} img/s", flush=True)
 

@@ -45,7 +45,8 @@ def samples(n: int) -> list[Sample]:
 # -- student noise ---------------------------------------------------------------------------------
 def scale_and_jitter(transform) -> tuple[tuple[float, float], bool]:
     scale = next(t.scale_range for t in transform.transforms if isinstance(t, v2.ScaleJitter))
-    return tuple(scale), any(isinstance(t, v2.ColorJitter) for t in transform.transforms)
+    steps = [inner for t in transform.transforms for inner in getattr(t, "transforms", [t])]  # inside RandomApply
+    return tuple(scale), any(isinstance(t, v2.ColorJitter) for t in steps)
 
 
 @pytest.mark.parametrize("overrides, expected", [

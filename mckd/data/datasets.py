@@ -35,7 +35,7 @@ class LabeledDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image, mask = as_tv(*self.source.read(sample))
-        item = {"id": sample.id, "index": index, "weight": torch.tensor(self.weight)}
+        item = {"id": sample.id, "index": index, "weight": torch.tensor(self.weight), "pseudo": torch.tensor(False)}
         if self.soft_topk:  # ground truth as a one-hot soft label, so it batches with soft pseudo-labels
             ids = torch.full((self.soft_topk, *mask.shape), IGNORE_INDEX, dtype=torch.long)
             ids[0] = mask
@@ -70,7 +70,7 @@ class PseudoLabeledDataset(Dataset):
         if self.threshold > 0:
             label[stored["confidence"] < round(self.threshold * 255)] = IGNORE_INDEX
         image, mask = as_tv(image, label)
-        item = {"id": sample.id, "index": index, "weight": torch.tensor(1.0)}
+        item = {"id": sample.id, "index": index, "weight": torch.tensor(1.0), "pseudo": torch.tensor(True)}
         if self.soft_topk:
             if "soft_ids" not in stored:
                 raise DatasetError(f"pseudo-label of {sample.id} has no soft labels: label with pseudo.soft_topk > 0")
@@ -99,20 +99,6 @@ class ImageDataset(Dataset):
         tensor = self.transform(as_tv(image)[0]).as_subclass(torch.Tensor)
         return {"id": sample.id, "index": index, "image": tensor, "size": torch.tensor(image.shape[:2]),
                 "input_size": torch.tensor(tensor.shape[-2:])}
-
-
-class RepeatedDataset(Dataset):
-    """`dataset` indexed cyclically, so that one epoch has at least `min_size` items."""
-
-    def __init__(self, dataset: Dataset, min_size: int):
-        self.dataset = dataset
-        self.size = max(len(dataset), min_size)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict:
-        return self.dataset[index % len(self.dataset)]
 
 
 PAD_VALUES = {"image": 0.0, "mask": IGNORE_INDEX, "soft_ids": IGNORE_INDEX, "soft_probs": 0.0}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,34 +33,65 @@ def sliding_window_probs(net: nn.Module, images: torch.Tensor, window: Sequence[
 
 
 def class_probs(nets: Sequence[nn.Module], images: torch.Tensor, flip: bool = False,
-                window: Sequence[int] | None = None, stride: Sequence[int] | None = None) -> torch.Tensor:
-    """Mean softmax probabilities of `nets` over `images`, optionally with horizontal-flip TTA."""
+                window: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+                scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """Mean softmax probabilities of `nets` over `images`, optionally with horizontal-flip TTA and at several
+    scales (each view resized back to the input size before averaging)."""
+    size = images.shape[-2:]
 
     def run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if window is not None:
             return sliding_window_probs(net, x, window, stride or window)
         return net(x).float().softmax(1)
 
+    def view(net: nn.Module, scale: float, flipped: bool) -> torch.Tensor:
+        x = images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        p = run(net, x.flip(-1)).flip(-1) if flipped else run(net, x)
+        return p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+
+    views = [(scale, flipped) for scale in scales for flipped in ([False, True] if flip else [False])]
     total = None
-    views = [False, True] if flip else [False]
     for net in nets:
-        for flipped in views:
-            p = run(net, images.flip(-1)) if flipped else run(net, images)
-            p = p.flip(-1) if flipped else p
+        for scale, flipped in views:
+            p = view(net, float(scale), flipped)
             total = p if total is None else total + p
     return total / (len(nets) * len(views))
 
 
-def per_sample_labels(probs: torch.Tensor, batch: dict, soft_topk: int = 0) -> list[dict]:
-    """Per sample, at its original size: hard label, confidence (max prob), and optional top-k ids and probs."""
+def stored_probs(stored: dict, num_classes: int) -> torch.Tensor:
+    """A CxHxW distribution from a stored pseudo-label: its top-k probabilities when kept, else the hard label
+    at its confidence with the rest spread evenly over the other classes."""
+    if "soft_ids" in stored:
+        ids = torch.from_numpy(stored["soft_ids"].astype("int64"))
+        probs = torch.from_numpy(stored["soft_probs"].astype("float32"))
+        out = torch.zeros((num_classes, *ids.shape[1:]))
+        return out.scatter_add_(0, ids.clamp(0, num_classes - 1), probs)
+    label = torch.from_numpy(stored["label"].astype("int64"))[None]
+    confidence = torch.from_numpy(stored["confidence"].astype("float32"))[None] / 255
+    rest = (1 - confidence) / max(1, num_classes - 1)
+    out = rest.expand(num_classes, *label.shape[1:]).clone()
+    return out.scatter_(0, label, confidence)
+
+
+def original_size_probs(probs: torch.Tensor, batch: dict, index: int) -> torch.Tensor:
+    """Sample `index`'s CxHxW probabilities at its original size (the batch's images may be resized and padded)."""
+    ih, iw = (int(v) for v in batch["input_size"][index])
+    oh, ow = (int(v) for v in batch["size"][index])
+    p = probs[index: index + 1, :, :ih, :iw]
+    if (ih, iw) != (oh, ow):
+        p = F.interpolate(p, size=(oh, ow), mode="bilinear", align_corners=False)
+    return p[0]
+
+
+def per_sample_labels(probs: torch.Tensor, batch: dict, soft_topk: int = 0,
+                      blend: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
+    """Per sample, at its original size: hard label, confidence (max prob), and optional top-k ids and probs;
+    `blend(id, probs)` may first mix in another distribution (e.g. the previous stage's labels)."""
     out = []
     for i, sample_id in enumerate(batch["id"]):
-        ih, iw = (int(v) for v in batch["input_size"][i])
-        oh, ow = (int(v) for v in batch["size"][i])
-        p = probs[i: i + 1, :, :ih, :iw]
-        if (ih, iw) != (oh, ow):
-            p = F.interpolate(p, size=(oh, ow), mode="bilinear", align_corners=False)
-        p = p[0]
+        p = original_size_probs(probs, batch, i)
+        if blend is not None:
+            p = blend(sample_id, p)
         confidence, label = p.max(0)
         item = {"id": sample_id, "label": label.to(torch.int32).cpu(), "confidence": confidence.cpu()}
         if soft_topk:

@@ -11,8 +11,9 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from mckd.data.source import IGNORE_INDEX
 from mckd.models import build_model
-from mckd.modules.inference import class_probs, per_sample_labels
+from mckd.modules.inference import class_probs, per_sample_labels, stored_probs
 from mckd.modules.losses import SegmentationLoss
+from mckd.seeding import derive_seed
 
 
 def iou_metric(num_classes: int, sync: bool = True) -> MulticlassJaccardIndex:
@@ -111,46 +112,68 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def cutmix(batch: dict, generator: torch.Generator | None = None) -> dict:
-    """Paste one random box from a shuffled copy of the batch into every image and its label planes."""
+def cutmix(batch: dict, generator: torch.Generator, prob: float = 0.5) -> dict:
+    """Per sample, with chance `prob`: paste a random box from another pseudo-labeled sample of the batch into
+    a pseudo-labeled sample and its label planes (UniMatch's CutMix). Ground-truth samples are never mixed."""
     images = batch["image"]
     n, _, h, w = images.shape
-    perm = torch.randperm(n, generator=generator).to(images.device)
-    ratio = torch.rand(1, generator=generator).item() * 0.5 + 0.25  # box side as a fraction of the image
-    bh, bw = int(h * ratio), int(w * ratio)
-    top = int(torch.randint(0, h - bh + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - bw + 1, (1,), generator=generator))
-    mixed = dict(batch)
-    for key in ("image", "mask", "soft_ids", "soft_probs"):
-        if key in batch:
-            out = batch[key].clone()
-            out[..., top: top + bh, left: left + bw] = batch[key][perm][..., top: top + bh, left: left + bw]
-            mixed[key] = out
+    pseudo = batch.get("pseudo", torch.ones(n, dtype=torch.bool)).cpu()
+    donors = torch.nonzero(pseudo).flatten().tolist()
+    mixed = {k: v.clone() if k in CUTMIX_KEYS else v for k, v in batch.items()}
+    if len(donors) < 2:
+        return mixed
+    for i in donors:
+        if torch.rand(1, generator=generator).item() >= prob:
+            continue
+        others = [d for d in donors if d != i]
+        j = others[int(torch.randint(len(others), (1,), generator=generator))]
+        area = torch.empty(1).uniform_(0.02, 0.4, generator=generator).item()  # box area share (UniMatch)
+        aspect = torch.empty(1).uniform_(0.3, 1 / 0.3, generator=generator).item()
+        bh = min(h, max(1, int(round((area * h * w / aspect) ** 0.5))))
+        bw = min(w, max(1, int(round((area * h * w * aspect) ** 0.5))))
+        top = int(torch.randint(0, h - bh + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - bw + 1, (1,), generator=generator))
+        for key in CUTMIX_KEYS & batch.keys():
+            mixed[key][i, ..., top: top + bh, left: left + bw] = batch[key][j, ..., top: top + bh, left: left + bw]
     return mixed
 
 
-class StudentModule(SegmentationModule):
-    """A student (pair member or final): pseudo-label losses, plus CutMix between its training images."""
+CUTMIX_KEYS = {"image", "mask", "soft_ids", "soft_probs"}
 
-    def __init__(self, *args, cutmix_prob: float = 0.0, **kwargs):
+
+class StudentModule(SegmentationModule):
+    """A student (pair member or final): pseudo-label losses, plus CutMix among its pseudo-labeled images."""
+
+    def __init__(self, *args, cutmix_prob: float = 0.0, seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.cutmix_prob = cutmix_prob
+        self.cutmix_prob, self.seed = cutmix_prob, seed
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.cutmix_prob > 0 and len(batch["image"]) > 1 and torch.rand(1).item() < self.cutmix_prob:
-            batch = cutmix(batch)
+        if self.cutmix_prob > 0:  # a generator per optimizer step: the same boxes after a resume
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, "cutmix", self.global_step))
+            batch = cutmix(batch, generator, self.cutmix_prob)
         return super().training_step(batch, batch_idx)
 
 
 class Labeler(L.LightningModule):
-    """Labels images with the mean class probabilities of several networks (cross-labeling ensembles)."""
+    """Labels images with the mean class probabilities of several networks (cross-labeling ensembles), over
+    flips and scales; with `previous` (a reader of the last stage's labels), the result is
+    `(1 - previous_weight) * new + previous_weight * previous`."""
 
     def __init__(self, nets: Sequence[nn.Module], flip: bool = False, window: Sequence[int] | None = None,
-                 stride: Sequence[int] | None = None, soft_topk: int = 0):
+                 stride: Sequence[int] | None = None, soft_topk: int = 0, scales: Sequence[float] = (1.0,),
+                 previous=None, previous_weight: float = 0.0):
         super().__init__()
         self.nets = nn.ModuleList(nets)
         self.flip, self.window, self.stride, self.soft_topk = flip, window, stride, soft_topk
+        self.scales = tuple(scales)
+        self.previous, self.previous_weight = previous, previous_weight
+
+    def blend_previous(self, sample_id: str, probs: torch.Tensor) -> torch.Tensor:
+        old = stored_probs(self.previous.read(sample_id), probs.shape[0]).to(probs.device)
+        return (1 - self.previous_weight) * probs + self.previous_weight * old
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        probs = class_probs(list(self.nets), batch["image"], self.flip, self.window, self.stride)
-        return per_sample_labels(probs, batch, self.soft_topk)
+        probs = class_probs(list(self.nets), batch["image"], self.flip, self.window, self.stride, self.scales)
+        blend = self.blend_previous if self.previous is not None and self.previous_weight > 0 else None
+        return per_sample_labels(probs, batch, self.soft_topk, blend)

@@ -27,6 +27,7 @@ from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.results import write_results
+from mckd.seeding import step_seed
 from mckd.visualize import write_pictures
 
 log = logging.getLogger("mckd")
@@ -89,7 +90,7 @@ class Pipeline:
 
     def student(self, name: str, init_from: str | None = None) -> StudentModule:
         module = self.module(StudentModule, self.cfg.student, name, self.cfg.student_loss,
-                             cutmix_prob=self.cfg.student_aug.cutmix_prob)
+                             cutmix_prob=self.cfg.student_aug.cutmix_prob, seed=self.seed(name))
         if init_from:
             module.net.load_state_dict(StudentModule.from_checkpoint(init_from).net.state_dict())
         return module
@@ -105,11 +106,25 @@ class Pipeline:
             result["test_miou"] = test["test/miou"]
         return result
 
+    def seed(self, step: str) -> int:
+        return step_seed(self.cfg.seed, step)
+
+    def epochs(self, kind: str) -> int:
+        """Epochs of the teacher, a pair `student` or the `final` student; students default to the teacher's
+        times `train.student_ratio`."""
+        train = self.cfg.train
+        epochs = train.get(f"{kind}_epochs")
+        return int(epochs) if epochs is not None else max(1, round(train.teacher_epochs * train.student_ratio))
+
     def train(self, name: str, build: Callable[[], SegmentationModule], epochs: int, **info) -> dict:
-        """Train one model unless its record exists; resumes from `last.ckpt` when interrupted."""
+        """Train one model unless its record exists; resumes from `last.ckpt` when interrupted.
+
+        The step seeds itself (model initialisation, its sampler, CutMix), so its result does not depend on
+        which steps ran before it in this process."""
         if (record := self.exp.record(name)) is not None:
             log.info("%s: done already (val mIoU %.4f), skipping", name, record["val_miou"])
             return record
+        L.seed_everything(self.seed(name), verbose=False)
         start = time.time()
         resume = self.exp.last_checkpoint(name)
         log.info("%s: training for %d epochs%s", name, epochs, f", resuming from {resume}" if resume else "")
@@ -137,10 +152,13 @@ class Pipeline:
         return done
 
     def label(self, stage: int, jobs: list[tuple[list[Sample], list[str], list]], trained_on: dict) -> None:
-        """Write stage `stage`'s pseudo-labels: each job is (samples, labeler names, their networks)."""
+        """Write stage `stage`'s pseudo-labels: each job is (samples, labeler names, their networks); from stage 1
+        on, blended with the previous stage's labels when `pseudo.previous_weight` > 0."""
         name = f"label-stage{stage}"
         start = time.time()
         pseudo = self.cfg.pseudo
+        previous_weight = float(pseudo.get("previous_weight") or 0.0)
+        previous = self.exp.store.reader(stage - 1) if stage > 0 and previous_weight > 0 else None
         writer = PseudoLabelWriter(self.exp.store, stage)
         for samples, names, nets in jobs:
             barrier()
@@ -150,7 +168,8 @@ class Pipeline:
             log.info("%s: %s labels %d images", name, "+".join(names), len(todo))
             self.dm.use_predict([s for s in samples if s.id in todo])
             labeler = Labeler(nets, flip=pseudo.flip, window=pseudo.window, stride=pseudo.stride,
-                              soft_topk=pseudo.soft_topk)
+                              soft_topk=pseudo.soft_topk, scales=pseudo.get("scales") or (1.0,), previous=previous,
+                              previous_weight=previous_weight)
             self.trainer(name, callbacks=[writer], logger=False).predict(labeler, datamodule=self.dm,
                                                                          return_predictions=False)
         barrier()
@@ -175,10 +194,10 @@ class Pipeline:
             self.load_teacher(cfg.teacher.checkpoint)
         else:
             def build() -> SegmentationModule:
-                self.dm.use_labeled()
+                self.dm.use_labeled(seed=self.seed("teacher"))
                 return self.module(SegmentationModule, cfg.teacher, "teacher", cfg.loss)
 
-            self.train("teacher", build, cfg.train.teacher_epochs, trained_on="labeled")
+            self.train("teacher", build, self.epochs("teacher"), trained_on="labeled")
         unlabeled = self.dm.splits.unlabeled
         if unlabeled and not self.labeled(0):
             teacher = SegmentationModule.from_checkpoint(self.checkpoint_of("teacher")).net
@@ -215,10 +234,10 @@ class Pipeline:
             init = self.checkpoint_of(previous) if cfg.warm_start and previous else None
 
             def build(part: list[Sample] = parts[i], name: str = name, init: str | None = init) -> StudentModule:
-                self.use_pseudo_labels(part, labels)
+                self.use_pseudo_labels(part, labels, name)
                 return self.student(name, init)
 
-            self.train(name, build, cfg.train.student_epochs, stage=stage, trained_on=i)
+            self.train(name, build, self.epochs("student"), stage=stage, trained_on=i)
         waiting = [n for n in names if self.exp.record(n) is None]
         if waiting:
             log.info("stage %d: cross-labeling waits for %s", stage, ", ".join(waiting))
@@ -231,21 +250,22 @@ class Pipeline:
         self.label(stage, jobs, {n: i for i, n in enumerate(names)})
         return True
 
-    def use_pseudo_labels(self, samples: list[Sample], labels) -> None:
+    def use_pseudo_labels(self, samples: list[Sample], labels, step: str) -> None:
         cfg = self.cfg
         self.dm.use_pseudo_labels(samples, labels, labeled_weight=cfg.labeled_weight,
                                   confidence_threshold=cfg.pseudo.confidence_threshold,
                                   soft_topk=cfg.pseudo.soft_topk if cfg.student_loss.soft_weight else 0,
-                                  strong=cfg.student_aug)
+                                  strong=cfg.student_aug, labeled_fraction=cfg.get("labeled_fraction"),
+                                  seed=self.seed(step))
 
     def run_final(self) -> None:
         labels = self.exp.store.reader(self.cfg.num_stages - 1)
 
         def build() -> StudentModule:
-            self.use_pseudo_labels(self.dm.splits.unlabeled, labels)
+            self.use_pseudo_labels(self.dm.splits.unlabeled, labels, "final")
             return self.student("final")
 
-        self.train("final", build, self.cfg.train.final_epochs, trained_on="all")
+        self.train("final", build, self.epochs("final"), trained_on="all")
 
     def run(self) -> dict | None:
         stage = self.cfg.stage
