@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from mckd.checkpoints import require_same_classes
 from mckd.data import SegmentationDataModule
 from mckd.data.source import Sample
 from mckd.errors import MckdError
@@ -96,12 +97,12 @@ class Pipeline:
 
     def evaluate(self, trainer: L.Trainer, module: SegmentationModule, checkpoint: str | None) -> dict:
         """val (and test) mIoU and per-class IoU of `checkpoint` (None: the module as it is)."""
-        val = trainer.validate(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False)[0]
+        val = trainer.validate(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False, weights_only=True)[0]
         names = self.dm.source.class_names
         result = {"val_miou": val["val/miou"], "test_miou": None,
                   "per_class_iou": {n: val[f"val/iou/{n}"] for n in names}}
         if self.dm.splits.test:
-            test = trainer.test(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False)[0]
+            test = trainer.test(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False, weights_only=True)[0]
             result["test_miou"] = test["test/miou"]
         return result
 
@@ -117,7 +118,7 @@ class Pipeline:
                                      mode="max", save_last=True, enable_version_counter=False)
         module = build()
         trainer = self.trainer(name, epochs, [checkpoint])
-        trainer.fit(module, datamodule=self.dm, ckpt_path=resume)
+        trainer.fit(module, datamodule=self.dm, ckpt_path=resume, weights_only=True)
         best = checkpoint.best_model_path or str(self.exp.last_checkpoint(name))
         record = {"name": name, **self.evaluate(trainer, module, best), **info,
                   "checkpoint": os.path.relpath(best, self.exp.dir), "wall_time_s": round(time.time() - start, 1)}
@@ -192,6 +193,7 @@ class Pipeline:
             raise ConfigError(f"teacher.checkpoint={path}: file not found")
         start = time.time()
         module = SegmentationModule.from_checkpoint(path)
+        require_same_classes(path, module.hparams.num_classes, self.cfg.dataset.name, self.dm.num_classes)
         record = {"name": "teacher", **self.evaluate(self.trainer("teacher"), module, None),
                   "checkpoint": os.path.abspath(path), "trained_on": "loaded", "wall_time_s": round(time.time() - start, 1)}
         self.exp.save_record("teacher", record)
