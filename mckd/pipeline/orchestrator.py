@@ -26,6 +26,7 @@ from mckd.modules import Labeler, SegmentationModule, StudentModule
 from mckd.modules.segmentation import mean_iou
 from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_names
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
+from mckd.pipeline.lightning_io import AtomicCheckpointIO
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.results import write_results
 from mckd.visualize import write_pictures
@@ -79,7 +80,7 @@ class Pipeline:
         loggers = [CSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
         return L.Trainer(max_epochs=max_epochs, default_root_dir=self.exp.dir, logger=loggers,
                          callbacks=[*callbacks, *self.callbacks(step)], enable_progress_bar=show_progress(),
-                         enable_model_summary=False, **kwargs)
+                         enable_model_summary=False, plugins=[AtomicCheckpointIO()], **kwargs)
 
     def module(self, cls: type[SegmentationModule], model: DictConfig, name: str, loss: DictConfig,
                **extra) -> SegmentationModule:
@@ -112,7 +113,7 @@ class Pipeline:
             log.info("%s: done already (val mIoU %.4f), skipping", name, record["val_miou"])
             return record
         start = time.time()
-        resume = self.exp.last_checkpoint(name)
+        resume = self.exp.resume_checkpoint(name)
         log.info("%s: training for %d epochs%s", name, epochs, f", resuming from {resume}" if resume else "")
         checkpoint = ModelCheckpoint(dirpath=self.exp.checkpoint_dir(name), filename="best", monitor="val/miou",
                                      mode="max", save_last=True, enable_version_counter=False)
