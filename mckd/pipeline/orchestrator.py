@@ -15,7 +15,6 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from mckd.checkpoints import require_same_classes
@@ -26,7 +25,7 @@ from mckd.modules import Labeler, SegmentationModule, StudentModule
 from mckd.modules.segmentation import mean_iou
 from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_names
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
-from mckd.pipeline.lightning_io import AtomicCheckpointIO
+from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.results import write_results
 from mckd.visualize import write_pictures
@@ -77,7 +76,7 @@ class Pipeline:
     # -- building blocks -------------------------------------------------------------------------
     def trainer(self, step: str, max_epochs: int = 1, callbacks: Sequence = (), logger: bool = True) -> L.Trainer:
         kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
-        loggers = [CSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
+        loggers = [ResumingCSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
         return L.Trainer(max_epochs=max_epochs, default_root_dir=self.exp.dir, logger=loggers,
                          callbacks=[*callbacks, *self.callbacks(step)], enable_progress_bar=show_progress(),
                          enable_model_summary=False, plugins=[AtomicCheckpointIO()], **kwargs)
