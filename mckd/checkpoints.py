@@ -4,10 +4,13 @@ PATH is a `.ckpt` file or an experiment directory (meaning its `final` student, 
 A checkpoint inside an experiment (`<exp>/checkpoints/<step>/*.ckpt`) belongs to that experiment, whose
 dataset config (`<exp>/.hydra/config.yaml`) is reused unless the command line chooses one (`dataset=NAME`);
 `dataset.KEY=VALUE` changes one key of whichever is used.
+
+Every checkpoint is read as weights only (`read_checkpoint`): loading a file never runs code from it.
 """
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +26,73 @@ EXPERIMENT_CONFIG = Path(".hydra") / "config.yaml"
 
 class CheckpointError(MckdError, FileNotFoundError):
     """`checkpoint=` names nothing usable: the message says what was found and what to pass instead."""
+
+
+class NotACheckpointError(CheckpointError):
+    """A file that is not a checkpoint written by mckd-train, or one that would run code when loaded."""
+
+
+class ClassCountError(MckdError, ValueError):
+    """A model whose number of classes differs from the dataset's it is asked to run on."""
+
+
+# what an mckd checkpoint holds besides `state_dict`: SegmentationModule's saved hyperparameters
+MODEL_HPARAMS = ("model", "num_classes", "class_names")
+
+
+def not_a_checkpoint(path: str | Path, reason: str) -> NotACheckpointError:
+    return NotACheckpointError(f"{path} is not an mckd checkpoint: {reason} (expected a .ckpt written by mckd-train)")
+
+
+def load_failure(err: Exception) -> str:
+    """Why torch.load (weights only) refused a file, in one line."""
+    message = str(err)
+    if blocked := re.search(r"GLOBAL ([\w.]+)", message):
+        return f"loading it would call {blocked.group(1)}, which no checkpoint needs: refused, nothing from it ran"
+    if isinstance(err, EOFError):
+        return "the file is empty or cut short"
+    if isinstance(err, (pickle.UnpicklingError, KeyError)):  # torch's advice to load it unsafely; a bad opcode
+        return "not a PyTorch file, or a damaged one"
+    return f"not readable ({type(err).__name__}{': ' + first_sentence(message) if message.strip() else ''})"
+
+
+def first_sentence(text: str) -> str:
+    """The start of an error message, for a one-line report."""
+    return text.strip().splitlines()[0].split(". ")[0][:160]
+
+
+def is_mckd_checkpoint(contents: object) -> bool:
+    hparams = contents.get("hyper_parameters") if isinstance(contents, dict) else None
+    return (isinstance(contents, dict) and isinstance(contents.get("state_dict"), dict)
+            and isinstance(hparams, dict) and all(key in hparams for key in MODEL_HPARAMS))
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The contents of an mckd checkpoint, loaded as weights only; NotACheckpointError for any other file.
+
+    mckd's checkpoints hold only tensors and plain Python values (its hyperparameters are plain containers),
+    so nothing needs allow-listing with torch.serialization.add_safe_globals.
+    """
+    import torch
+
+    try:
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    except Exception as err:  # whatever a file of arbitrary bytes makes the unpickler raise
+        raise not_a_checkpoint(path, load_failure(err)) from None
+    if not is_mckd_checkpoint(contents):
+        raise not_a_checkpoint(path, "it loads, but holds no mckd model: no state_dict, or no hyper_parameters "
+                                     f"with {', '.join(MODEL_HPARAMS)}")
+    return contents
+
+
+def require_same_classes(checkpoint: str | Path, checkpoint_classes: int, dataset: str, dataset_classes: int) -> None:
+    """Refuse to run a model on a dataset with another number of classes, before anything runs."""
+    if checkpoint_classes != dataset_classes:
+        raise ClassCountError(f"checkpoint {checkpoint} predicts {checkpoint_classes} classes, but dataset {dataset} "
+                              f"has {dataset_classes}: use the dataset it was trained on (dataset=NAME) "
+                              "or a checkpoint trained on this one")
 
 
 @dataclass(frozen=True)
@@ -85,11 +155,7 @@ def load_module(ref: ModelRef, map_location: str = "cpu"):
     """The SegmentationModule saved in `ref.checkpoint`; CheckpointError when the file is not one."""
     from mckd.modules import SegmentationModule
 
-    try:
-        return SegmentationModule.from_checkpoint(str(ref.checkpoint), map_location=map_location)
-    except (KeyError, RuntimeError, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(f"cannot load checkpoint {ref.checkpoint}: {type(err).__name__}: {err} "
-                              "(expected a .ckpt written by mckd-train)") from None
+    return SegmentationModule.from_checkpoint(str(ref.checkpoint), map_location=map_location)
 
 
 def _override_key(override: str) -> str:

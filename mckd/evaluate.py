@@ -16,7 +16,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from mckd.checkpoints import ModelRef, dataset_config, load_module, require, resolve_model
+from mckd.checkpoints import (
+    ModelRef,
+    dataset_config,
+    load_module,
+    require,
+    require_same_classes,
+    resolve_model,
+)
 from mckd.data import IGNORE_INDEX, SegmentationDataModule
 from mckd.errors import MckdError
 from mckd.modules.inference import class_probs
@@ -100,12 +107,10 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     if cfg.split not in SPLITS:
         raise EvalConfigError(f"split={cfg.split!r}: expected one of {SPLITS}")
     ref = resolve_model(cfg.checkpoint, cfg.step)
+    module = load_module(ref)
     dataset = dataset_config(cfg, overrides, ref.experiment)
     dm = SegmentationDataModule(dataset)
-    module = load_module(ref)
-    if module.hparams.num_classes != dm.num_classes:
-        raise EvalConfigError(f"checkpoint {ref.checkpoint} predicts {module.hparams.num_classes} classes, but dataset "
-                              f"{dataset.name} has {dm.num_classes}: pass the dataset it was trained on (dataset=NAME)")
+    require_same_classes(ref.checkpoint, module.hparams.num_classes, dataset.name, dm.num_classes)
     samples = dm.splits.val if cfg.split == "val" else dm.splits.test
     if not samples:
         raise EvalConfigError(f"dataset {dataset.name} has no {cfg.split} images (split={cfg.split})")

@@ -18,10 +18,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from mckd.checkpoints import dataset_config, load_module, require, resolve_model
+from mckd.checkpoints import dataset_config, load_module, require, require_same_classes, resolve_model
 from mckd.data.folder import IMAGE_SUFFIXES, list_images
 from mckd.data.registry import build_source, source_class
-from mckd.data.source import DatasetError, default_palette, read_rgb
+from mckd.data.source import DatasetError, SegmentationSource, default_palette, read_rgb
 from mckd.data.transforms import eval_transform
 from mckd.errors import MckdError
 from mckd.modules.predictor import Predictor
@@ -59,14 +59,22 @@ def output_names(images: Sequence[Path]) -> list[str]:
     return [f"{p.stem}_{p.suffix.lstrip('.').lower()}" if stems.count(p.stem) > 1 else p.stem for p in images]
 
 
+def dataset_reader(dataset: DictConfig | None) -> SegmentationSource | None:
+    """The dataset's reader; None without a dataset config or without the dataset's files on this machine."""
+    if dataset is None:
+        return None
+    try:
+        return build_source(dataset)
+    except DatasetError:
+        return None
+
+
 def dataset_palette(dataset: DictConfig | None, num_classes: int) -> np.ndarray:
     """The dataset's colours; without its files on this machine, its configured or built-in palette."""
     if dataset is None:
         return default_palette(num_classes)
-    try:
-        return build_source(dataset).palette
-    except DatasetError:
-        pass
+    if (reader := dataset_reader(dataset)) is not None:
+        return reader.palette
     params = dataset.get("params") or {}
     if params.get("palette"):
         return np.asarray(OmegaConf.to_container(params.palette), dtype=np.uint8)
@@ -86,6 +94,8 @@ def predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     out = Path(cfg.output).expanduser()
     module = load_module(ref)
     num_classes = module.hparams.num_classes
+    if (reader := dataset_reader(dataset)) is not None:  # its classes are known
+        require_same_classes(ref.checkpoint, num_classes, dataset.name, reader.num_classes)
     palette = dataset_palette(dataset, num_classes)
     eval_size = None if dataset is None or dataset.get("eval_size") is None else tuple(dataset.eval_size)
     predictor = Predictor(module, eval_transform(eval_size), flip=cfg.flip,

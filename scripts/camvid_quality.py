@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -169,7 +170,7 @@ def label_classes_table(k3_dirs: list[Path]) -> str:
     names = list(per_stage[0][0])
     lines = ["| labels | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     for k, stage in enumerate(per_stage):
-        means = [statistics.mean(c[n] for c in stage) for n in names]
+        means = [statistics.mean(math.nan if c[n] is None else c[n] for c in stage) for n in names]  # null: NaN
         lines.append(f"| stage {k} | " + " | ".join(f"{v:.2f}" for v in means) + " |")
     return "\n".join(lines)
 

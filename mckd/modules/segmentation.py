@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from mckd.checkpoints import first_sentence, not_a_checkpoint, read_checkpoint
 from mckd.data.source import IGNORE_INDEX
 from mckd.models import build_model
 from mckd.modules.inference import class_probs, per_sample_labels, stored_probs
@@ -47,10 +48,17 @@ class SegmentationModule(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> SegmentationModule:
-        """Load a trained module; encoder weights come from the checkpoint, never re-read from their file."""
-        hparams = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
-        return cls.load_from_checkpoint(path, map_location=map_location,
-                                        model={**hparams["model"], "encoder_weights": None})
+        """Load a trained module, as weights only; NotACheckpointError (one line) for a file that is not one.
+
+        Encoder weights come from the checkpoint, never re-read from their file.
+        """
+        hparams = read_checkpoint(path)["hyper_parameters"]
+        try:
+            return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True,
+                                            model={**hparams["model"], "encoder_weights": None})
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:  # saved by another model or mckd version
+            raise not_a_checkpoint(path, f"its model cannot be rebuilt ({type(err).__name__}: "
+                                         f"{first_sentence(str(err))})") from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from mckd.checkpoints import CheckpointError, NotACheckpointError, read_checkpoint
 from mckd.errors import MckdError
 from mckd.pipeline.atomic import read_json, write_json
 from mckd.pipeline.store import PseudoLabelStore
+
+log = logging.getLogger("mckd")
 
 
 def is_rank_zero() -> bool:
@@ -25,6 +30,13 @@ def barrier() -> None:
 def student_names(stage: int, num_partitions: int) -> list[str]:
     """stage1-a, stage1-b, ...: member i trains on partition i."""
     return [f"stage{stage}-{chr(ord('a') + i)}" for i in range(num_partitions)]
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to `<name>.corrupt-<UTC time>` beside it, kept for inspection; returns the new path."""
+    aside = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+    path.replace(aside)
+    return aside
 
 
 class MissingStepError(MckdError, FileNotFoundError):
@@ -44,6 +56,24 @@ class Experiment:
     def last_checkpoint(self, step: str) -> Path | None:
         last = self.checkpoint_dir(step) / "last.ckpt"
         return last if last.is_file() else None
+
+    def resume_checkpoint(self, step: str) -> Path | None:
+        """`last.ckpt` to resume `step` from; one that does not load is set aside and the step starts afresh."""
+        last = self.last_checkpoint(step)
+        if last is None:
+            return None
+        try:
+            read_checkpoint(last)
+        except NotACheckpointError as err:
+            if is_rank_zero():  # every rank finds it torn; one renames it
+                aside = set_aside(last)
+                log.warning("%s: cannot resume: %s; moved it to %s, training starts over", step, err, aside.name)
+            return None
+        except CheckpointError:
+            if last.exists():
+                raise
+            return None  # rank zero set it aside while this rank was reading it
+        return last
 
     def record_path(self, step: str) -> Path:
         return self.dir / "steps" / f"{step}.json"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from mckd.checkpoints import require_same_classes
 from mckd.data import SegmentationDataModule
 from mckd.data.source import Sample
 from mckd.errors import MckdError
@@ -25,6 +25,7 @@ from mckd.modules import Labeler, SegmentationModule, StudentModule
 from mckd.modules.segmentation import mean_iou
 from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_names
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
+from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.results import write_results
 from mckd.seeding import step_seed
@@ -76,10 +77,10 @@ class Pipeline:
     # -- building blocks -------------------------------------------------------------------------
     def trainer(self, step: str, max_epochs: int = 1, callbacks: Sequence = (), logger: bool = True) -> L.Trainer:
         kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
-        loggers = [CSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
+        loggers = [ResumingCSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
         return L.Trainer(max_epochs=max_epochs, default_root_dir=self.exp.dir, logger=loggers,
                          callbacks=[*callbacks, *self.callbacks(step)], enable_progress_bar=show_progress(),
-                         enable_model_summary=False, **kwargs)
+                         enable_model_summary=False, plugins=[AtomicCheckpointIO()], **kwargs)
 
     def module(self, cls: type[SegmentationModule], model: DictConfig, name: str, loss: DictConfig,
                **extra) -> SegmentationModule:
@@ -97,12 +98,12 @@ class Pipeline:
 
     def evaluate(self, trainer: L.Trainer, module: SegmentationModule, checkpoint: str | None) -> dict:
         """val (and test) mIoU and per-class IoU of `checkpoint` (None: the module as it is)."""
-        val = trainer.validate(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False)[0]
+        val = trainer.validate(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False, weights_only=True)[0]
         names = self.dm.source.class_names
         result = {"val_miou": val["val/miou"], "test_miou": None,
                   "per_class_iou": {n: val[f"val/iou/{n}"] for n in names}}
         if self.dm.splits.test:
-            test = trainer.test(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False)[0]
+            test = trainer.test(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False, weights_only=True)[0]
             result["test_miou"] = test["test/miou"]
         return result
 
@@ -126,13 +127,13 @@ class Pipeline:
             return record
         L.seed_everything(self.seed(name), verbose=False)
         start = time.time()
-        resume = self.exp.last_checkpoint(name)
+        resume = self.exp.resume_checkpoint(name)
         log.info("%s: training for %d epochs%s", name, epochs, f", resuming from {resume}" if resume else "")
         checkpoint = ModelCheckpoint(dirpath=self.exp.checkpoint_dir(name), filename="best", monitor="val/miou",
                                      mode="max", save_last=True, enable_version_counter=False)
         module = build()
         trainer = self.trainer(name, epochs, [checkpoint])
-        trainer.fit(module, datamodule=self.dm, ckpt_path=resume)
+        trainer.fit(module, datamodule=self.dm, ckpt_path=resume, weights_only=True)
         best = checkpoint.best_model_path or str(self.exp.last_checkpoint(name))
         record = {"name": name, **self.evaluate(trainer, module, best), **info,
                   "checkpoint": os.path.relpath(best, self.exp.dir), "wall_time_s": round(time.time() - start, 1)}
@@ -211,6 +212,7 @@ class Pipeline:
             raise ConfigError(f"teacher.checkpoint={path}: file not found")
         start = time.time()
         module = SegmentationModule.from_checkpoint(path)
+        require_same_classes(path, module.hparams.num_classes, self.cfg.dataset.name, self.dm.num_classes)
         record = {"name": "teacher", **self.evaluate(self.trainer("teacher"), module, None),
                   "checkpoint": os.path.abspath(path), "trained_on": "loaded", "wall_time_s": round(time.time() - start, 1)}
         self.exp.save_record("teacher", record)
