@@ -26,7 +26,7 @@ from mckd.checkpoints import (
 )
 from mckd.data import IGNORE_INDEX, SegmentationDataModule
 from mckd.errors import MckdError
-from mckd.modules.inference import class_probs
+from mckd.modules.inference import class_probs, predictions_and_truth
 from mckd.modules.segmentation import SegmentationModule, iou_metric, mean_iou
 from mckd.pipeline.atomic import write_json
 from mckd.pipeline.experiment import is_rank_zero
@@ -51,9 +51,9 @@ class Evaluator(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         probs = class_probs([self.model], batch["image"], flip=self.flip, window=self.window, stride=self.stride)
-        pred = probs.argmax(1)
-        self.iou.update(pred, batch["mask"])
-        self.confusion.update(pred, batch["mask"])
+        for prediction, truth in predictions_and_truth(probs, batch):
+            self.iou.update(prediction, truth)
+            self.confusion.update(prediction, truth)
 
     def metrics(self, class_names: Sequence[str]) -> dict:
         per_class = self.iou.compute()

@@ -134,7 +134,7 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     pipe = Pipeline(cfg)
     samples = pipe.dm.splits.unlabeled[:images]
-    net = build_model(model_config(cfg.teacher), pipe.dm.num_classes)
+    net = build_model(model_config(cfg.teacher, cfg.dataset.crop_size), pipe.dm.num_classes)
     if pretrain_steps:
         pretrain(pipe, net, args.device, pretrain_steps)
 

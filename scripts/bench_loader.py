@@ -40,7 +40,7 @@ def step_rate(cfg, dm, device: str, batches: list[dict], repeats: int) -> float:
     from mckd.models import build_model
     from mckd.pipeline.orchestrator import model_config
 
-    net = build_model(model_config(cfg.student), dm.num_classes).to(device).train()
+    net = build_model(model_config(cfg.student, cfg.dataset.crop_size), dm.num_classes).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     data = [(b["image"].to(device), b["mask"].to(device)) for b in batches]
     if device == "cuda":

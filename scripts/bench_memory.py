@@ -38,7 +38,7 @@ def child(args) -> None:
     cfg = bc.compose_config(args.device, overrides)
     L.seed_everything(0, verbose=False)
     pipe = Pipeline(cfg)
-    net = build_model(model_config(cfg.teacher), pipe.dm.num_classes)
+    net = build_model(model_config(cfg.teacher, cfg.dataset.crop_size), pipe.dm.num_classes)
     samples = pipe.dm.splits.unlabeled
     assert len(samples) == args.child, (len(samples), args.child)
     start = time.perf_counter()

@@ -62,7 +62,7 @@ def run_plain(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
     dm = SegmentationDataModule(cfg.dataset)
     dm.use_labeled()
     loader = dm.train_dataloader()
-    net = build_model(model_config(cfg.teacher), dm.num_classes).to(device)
+    net = build_model(model_config(cfg.teacher, cfg.dataset.crop_size), dm.num_classes).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if device == "cuda":

@@ -54,7 +54,7 @@ def crafted_checkpoint(tmp_path: Path, payload: type[OpensAFile] = OpensAFile) -
 def module_checkpoint(path: Path, num_classes: int) -> Path:
     """A loadable checkpoint of the smoke teacher's model with `num_classes` classes, written without training."""
     cfg = compose_train("debug=smoke")
-    module = SegmentationModule(model={**model_config(cfg.teacher), "encoder_weights": None}, num_classes=num_classes,
+    module = SegmentationModule(model={**model_config(cfg.teacher, cfg.dataset.crop_size), "encoder_weights": None}, num_classes=num_classes,
                                 class_names=[f"class{i}" for i in range(num_classes)], optim={"name": "adamw", "lr": 1e-3})
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": L.__version__}, path)

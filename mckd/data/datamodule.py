@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from mckd.data.datasets import (
+    EvalDataset,
     ImageDataset,
     LabeledDataset,
     PseudoLabeledDataset,
@@ -115,10 +116,10 @@ class SegmentationDataModule(L.LightningDataModule):
                           collate_fn=pad_collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(LabeledDataset(self.source, self.splits.val, self.eval_augmentation()))
+        return self._loader(EvalDataset(self.source, self.splits.val, self.eval_augmentation()))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(LabeledDataset(self.source, self.splits.test, self.eval_augmentation()))
+        return self._loader(EvalDataset(self.source, self.splits.test, self.eval_augmentation()))
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set)

@@ -101,6 +101,24 @@ class ImageDataset(Dataset):
                 "input_size": torch.tensor(tensor.shape[-2:])}
 
 
+class EvalDataset(ImageDataset):
+    """Images for evaluation (resized by `transform`) with their ground truth at its own size: predictions are
+    upsampled to the mask, never the mask downsampled to the prediction (UniMatch's 'original' mode)."""
+
+    def __init__(self, source: SegmentationSource, samples: Sequence[Sample], transform: Callable):
+        for s in samples:
+            if s.mask is None:
+                raise DatasetError(f"image {s.image} has no mask, but its split needs ground truth")
+        super().__init__(source, samples, transform)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, mask = self.source.read(sample)
+        tensor = self.transform(as_tv(image)[0]).as_subclass(torch.Tensor)
+        return {"id": sample.id, "index": index, "image": tensor, "mask": torch.from_numpy(mask.astype(np.int64)),
+                "size": torch.tensor(image.shape[:2]), "input_size": torch.tensor(tensor.shape[-2:])}
+
+
 PAD_VALUES = {"image": 0.0, "mask": IGNORE_INDEX, "soft_ids": IGNORE_INDEX, "soft_probs": 0.0}
 
 

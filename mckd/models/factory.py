@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -48,8 +48,27 @@ class SegmentationNet(nn.Module):
         return self.net.backbone if self.returns_dict else self.net.encoder
 
 
+def fit_atrous_rates(crop_size: Sequence[int], output_stride: int = 16) -> list[int]:
+    """ASPP rates for `crop_size`: DeepLabv3's (6, 12, 18) at 513-pixel crops and output stride 16, scaled to
+    the crop's feature map. smp's default (12, 24, 36) on a 4x4 or 8x10 map makes every dilated branch read
+    only its centre tap (padding elsewhere), i.e. a 1x1 convolution."""
+    side = min(int(v) for v in crop_size) / output_stride
+    base = max(1, int(6 * side / (513 / 16) + 0.5))
+    return [base, 2 * base, 3 * base]
+
+
+def resolve_input_fitted(cfg: Mapping, crop_size: Sequence[int]) -> dict:
+    """`cfg` with `decoder_atrous_rates: auto` replaced by the rates that fit `crop_size`."""
+    out = dict(cfg)
+    if out.get("decoder_atrous_rates") == "auto":
+        out["decoder_atrous_rates"] = fit_atrous_rates(crop_size, int(out.get("encoder_output_stride", 16)))
+    return out
+
+
 def build_model(cfg: Mapping, num_classes: int) -> SegmentationNet:
     """The network for a `model` config: {arch, encoder, encoder_weights, ...extra smp kwargs}."""
+    if cfg.get("decoder_atrous_rates") == "auto":
+        raise ModelConfigError("model.decoder_atrous_rates=auto: resolve it with resolve_input_fitted(cfg, crop_size)")
     arch = cfg.get("arch")
     weights = cfg.get("encoder_weights")
     local_file = weights is not None and _looks_like_path(weights)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,13 @@ def original_size_probs(probs: torch.Tensor, batch: dict, index: int) -> torch.T
     if (ih, iw) != (oh, ow):
         p = F.interpolate(p, size=(oh, ow), mode="bilinear", align_corners=False)
     return p[0]
+
+
+def predictions_and_truth(probs: torch.Tensor, batch: dict) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(prediction, ground truth) of each sample of an evaluation batch, at the ground truth's own size."""
+    for i in range(len(batch["mask"])):
+        h, w = (int(v) for v in batch["size"][i])
+        yield original_size_probs(probs, batch, i).argmax(0)[None], batch["mask"][i: i + 1, :h, :w]
 
 
 def per_sample_labels(probs: torch.Tensor, batch: dict, soft_topk: int = 0,

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from mckd.checkpoints import first_sentence, not_a_checkpoint, read_checkpoint
 from mckd.data.source import IGNORE_INDEX
 from mckd.models import build_model
-from mckd.modules.inference import class_probs, per_sample_labels, stored_probs
+from mckd.modules.inference import class_probs, per_sample_labels, predictions_and_truth, stored_probs
 from mckd.modules.losses import SegmentationLoss
 from mckd.seeding import derive_seed
 
@@ -79,7 +79,8 @@ class SegmentationModule(L.LightningModule):
     def _eval_step(self, batch: dict, metric: MulticlassJaccardIndex) -> None:
         probs = class_probs([self], batch["image"], flip=self.inference.get("flip", False),
                             window=self.inference.get("window"), stride=self.inference.get("stride"))
-        metric.update(probs.argmax(1), batch["mask"])
+        for prediction, truth in predictions_and_truth(probs, batch):
+            metric.update(prediction, truth)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.val_iou)

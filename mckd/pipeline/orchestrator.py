@@ -21,6 +21,7 @@ from mckd.checkpoints import require_same_classes
 from mckd.data import SegmentationDataModule
 from mckd.data.source import Sample
 from mckd.errors import MckdError
+from mckd.models.factory import resolve_input_fitted
 from mckd.modules import Labeler, SegmentationModule, StudentModule
 from mckd.modules.segmentation import mean_iou
 from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_names
@@ -44,11 +45,11 @@ def show_progress() -> bool:
     return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
 
 
-def model_config(node: DictConfig) -> dict:
-    """A `model` config node without the pipeline's own keys."""
+def model_config(node: DictConfig, crop_size: Sequence[int]) -> dict:
+    """A `model` config node without the pipeline's own keys, its input-dependent settings fitted to `crop_size`."""
     cfg = OmegaConf.to_container(node, resolve=True)
     cfg.pop("checkpoint", None)
-    return cfg
+    return resolve_input_fitted(cfg, crop_size)
 
 
 class Pipeline:
@@ -84,7 +85,7 @@ class Pipeline:
 
     def module(self, cls: type[SegmentationModule], model: DictConfig, name: str, loss: DictConfig,
                **extra) -> SegmentationModule:
-        return cls(model=model_config(model), num_classes=self.dm.num_classes,
+        return cls(model=model_config(model, self.cfg.dataset.crop_size), num_classes=self.dm.num_classes,
                    class_names=list(self.dm.source.class_names), optim=OmegaConf.to_container(self.cfg.optim),
                    loss=OmegaConf.to_container(loss), inference=OmegaConf.to_container(self.cfg.eval),
                    name=name, channels_last=self.cfg.channels_last, **extra)

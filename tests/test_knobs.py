@@ -1,0 +1,136 @@
+"""The self-training knobs: each is applied where it should be and nowhere else."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_pipeline import compose_train, smoke
+from torch import nn
+
+from mckd.data import SegmentationDataModule
+from mckd.models.factory import fit_atrous_rates, resolve_input_fitted
+from mckd.modules.inference import class_probs, stored_probs
+from mckd.modules.segmentation import Labeler, cutmix
+
+STRONG = ("student_aug.color_jitter=0.5", "student_aug.color_jitter_prob=1.0", "student_aug.grayscale_prob=1.0",
+          "student_aug.blur_prob=1.0", "student_aug.cutout_prob=1.0")
+
+
+class FakeLabels:
+    """A pseudo-label reader that returns the image's ground truth (so labels and masks can be compared)."""
+
+    def __init__(self, dm: SegmentationDataModule):
+        self.dm = dm
+
+    def read(self, sample_id: str) -> dict:
+        sample = next(s for s in self.dm.splits.unlabeled if s.id == sample_id)
+        mask = self.dm.source.read_mask(sample)
+        return {"label": mask, "confidence": np.full(mask.shape, 255, np.uint8)}
+
+
+def student_items(*overrides: str) -> tuple[list[dict], list[dict]]:
+    """One pass over a student's training set without random scale/flip: (pseudo-labeled items, labeled items)."""
+    cfg = compose_train("debug=smoke", "dataset.scale_range=[1.0,1.0]", "dataset.hflip=false", *overrides)
+    dm = SegmentationDataModule(cfg.dataset)
+    dm.use_pseudo_labels(dm.splits.unlabeled, FakeLabels(dm), labeled_weight=1.0, strong=cfg.student_aug)
+    pseudo, labeled = dm.train_set.datasets
+    return [pseudo[i] for i in range(len(pseudo))], [labeled[i] for i in range(len(labeled))]
+
+
+def test_strong_noise_reaches_pseudo_labeled_images_and_never_ground_truth():
+    plain_pseudo, plain_labeled = student_items()
+    noisy_pseudo, noisy_labeled = student_items(*STRONG)
+    for plain, noisy in zip(plain_labeled, noisy_labeled):  # ground truth: untouched
+        assert torch.equal(plain["image"], noisy["image"]) and torch.equal(plain["mask"], noisy["mask"])
+    for plain, noisy in zip(plain_pseudo, noisy_pseudo):
+        assert not torch.equal(plain["image"], noisy["image"])
+        grey = noisy["image"] * torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+        grey = grey + torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+        erased = noisy["mask"] == 255
+        assert erased.any() and not (plain["mask"] == 255).any()  # CutOut ignores its box in the labels
+        assert torch.allclose(grey[0][~erased], grey[1][~erased], atol=1e-5)  # grayscale: equal channels
+
+
+def test_cutmix_mixes_per_sample_never_with_itself_nor_ground_truth():
+    n = 6
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 16, 16).clone()
+    batch = {"image": images, "mask": images[:, 0].long().clone(), "pseudo": torch.tensor([True] * 4 + [False] * 2)}
+    mixed = cutmix(batch, torch.Generator().manual_seed(0), prob=1.0)
+    for i in range(n):
+        sources = set(mixed["mask"][i].unique().tolist())
+        assert torch.equal(mixed["image"][i, 0].long(), mixed["mask"][i])  # image and labels mixed alike
+        if i < 4:
+            assert sources - {i} and sources - {i} <= {0, 1, 2, 3} - {i}  # another pseudo-labeled sample
+        else:
+            assert sources == {i}  # ground truth is never mixed
+    boxes = {tuple((mixed["mask"][i] != i).nonzero().min(0).values.tolist()) for i in range(4)}
+    assert len(boxes) > 1  # a box per sample, not one for the batch
+
+
+class Constant(nn.Module):
+    """A 'network' whose logits depend on the input size, so that each scale gives other probabilities."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        logits = torch.zeros(x.shape[0], 3, h, w)
+        logits[:, h % 3] = 2.0 + w / 10
+        return logits
+
+
+def test_multi_scale_labels_are_the_argmax_of_averaged_probabilities():
+    images = torch.zeros(1, 3, 8, 10)
+    probs = class_probs([Constant()], images, flip=True, scales=(0.5, 1.0, 1.5))
+    views = [torch.nn.functional.interpolate(Constant()(torch.zeros(1, 3, round(8 * s), round(10 * s))).softmax(1),
+                                             size=(8, 10), mode="bilinear") for s in (0.5, 1.0, 1.5)]
+    assert torch.allclose(probs, torch.stack(views).mean(0), atol=1e-6)
+
+
+def test_label_ensemble_with_the_previous_stage_is_the_weighted_mean():
+    previous = {"label": np.array([[2, 0]]), "confidence": np.array([[204, 255]], np.uint8)}
+    old = stored_probs(previous, 3)
+    assert torch.allclose(old[:, 0, 0], torch.tensor([0.1, 0.1, 0.8]), atol=1e-6)
+
+    class Reader:
+        def read(self, sample_id):
+            return previous
+
+    labeler = Labeler([Constant()], previous=Reader(), previous_weight=0.25)
+    new = torch.rand(3, 1, 2).softmax(0)
+    assert torch.allclose(labeler.blend_previous("x", new), 0.75 * new + 0.25 * old)
+
+
+def test_atrous_rates_fit_the_input():
+    assert fit_atrous_rates((64, 64)) == [1, 2, 3]
+    assert fit_atrous_rates((513, 513)) == [6, 12, 18]
+    cfg = resolve_input_fitted({"arch": "DeepLabV3Plus", "decoder_atrous_rates": "auto"}, (128, 160))
+    assert cfg["decoder_atrous_rates"] == [1, 2, 3]
+
+
+def test_evaluation_scores_at_the_masks_own_size():
+    cfg = compose_train("debug=smoke", "dataset.eval_size=[32,32]")
+    dm = SegmentationDataModule(cfg.dataset)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape[-2:] == (32, 32) and batch["mask"].shape[-2:] == (64, 64)
+
+
+def test_student_epochs_default_to_the_teachers_times_the_ratio(tmp_path):
+    from mckd.pipeline.orchestrator import Pipeline
+
+    cfg = compose_train(f"experiment_dir={tmp_path}", "train.teacher_epochs=10", "train.student_ratio=1.5",
+                        "train.final_epochs=4")
+    pipe = Pipeline(cfg)
+    assert (pipe.epochs("teacher"), pipe.epochs("student"), pipe.epochs("final")) == (10, 15, 4)
+
+
+@pytest.mark.parametrize("extra", [(), ("pseudo.soft_topk=2", "student_loss.soft_weight=1")])
+def test_smoke_pipeline_with_every_knob_on(tmp_path, extra):
+    results = smoke(tmp_path / "exp", *STRONG, "labeled_fraction=0.5", "train.student_ratio=2",
+                    "pseudo.scales=[0.75,1.0,1.5]", "pseudo.previous_weight=0.3", "num_stages=3",
+                    "student_aug.cutmix_prob=1.0", "repartition=true", *extra)
+    assert [s["stage"] for s in results["stages"]] == [1, 2]
+    assert results["final"]["val_miou"] is not None
+    manifest = json.loads((tmp_path / "exp" / "pseudo_labels" / "stage2" / "manifest.json").read_text())
+    assert manifest["partitions"]
