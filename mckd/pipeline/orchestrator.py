@@ -135,12 +135,19 @@ class Pipeline:
         module = build()
         trainer = self.trainer(name, epochs, [checkpoint])
         trainer.fit(module, datamodule=self.dm, ckpt_path=resume, weights_only=True)
-        best = checkpoint.best_model_path or str(self.exp.last_checkpoint(name))
+        last = str(self.exp.last_checkpoint(name))
+        best = checkpoint.best_model_path or last
+        # val both selects best.ckpt and scores it; the last epoch's figure shows how much selection adds
+        last_val = self.evaluate(trainer, module, last) if last != best else None
         record = {"name": name, **self.evaluate(trainer, module, best), **info,
+                  "last_val_miou": (last_val or {}).get("val_miou"), "last_test_miou": (last_val or {}).get("test_miou"),
                   "checkpoint": os.path.relpath(best, self.exp.dir), "wall_time_s": round(time.time() - start, 1)}
+        if last_val is None:
+            record["last_val_miou"], record["last_test_miou"] = record["val_miou"], record["test_miou"]
         self.exp.save_record(name, record)
         barrier()  # rank 0 wrote the record; the next step on every rank reads it
-        log.info("%s: val mIoU %.4f (%.0f s)", name, record["val_miou"], record["wall_time_s"])
+        log.info("%s: val mIoU %.4f, last epoch %.4f (%.0f s)", name, record["val_miou"], record["last_val_miou"],
+                 record["wall_time_s"])
         return record
 
     def checkpoint_of(self, step: str) -> str:

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from mckd.pipeline.atomic import atomic_write, write_json
 from mckd.pipeline.experiment import Experiment, student_names
 
-MODEL_KEYS = ("val_miou", "test_miou", "per_class_iou", "wall_time_s", "checkpoint")
+MODEL_KEYS = ("val_miou", "test_miou", "last_val_miou", "last_test_miou", "per_class_iou", "wall_time_s", "checkpoint")
 
 
 def _model_entry(record: dict | None) -> dict | None:
