@@ -127,13 +127,15 @@ def row_figures(exp: Path, preset: str) -> dict | None:
     res = json.loads((exp / "results.json").read_text())
     if preset in ("camvid_supervised", "camvid_teacher"):
         t = res["teacher"]
-        return None if t is None else {"val_miou": t["val_miou"], "labels": [], "seconds": t["wall_time_s"]}
+        return None if t is None else {"val_miou": t["val_miou"], "last_val_miou": t.get("last_val_miou"),
+                                       "labels": [], "seconds": t["wall_time_s"]}
     if res["final"] is None:
         return None
     labels = [res["teacher"]["pseudo_label_miou"]] + [s["pseudo_label_miou"] for s in res["stages"]]
     seconds = sum(s["wall_time_s"] for st in res["stages"] for s in st["students"])
     seconds += res["final"]["wall_time_s"] + sum(st["label_wall_time_s"] or 0 for st in res["stages"])
-    return {"val_miou": res["final"]["val_miou"], "labels": labels, "seconds": seconds}
+    return {"val_miou": res["final"]["val_miou"], "last_val_miou": res["final"].get("last_val_miou"),
+            "labels": labels, "seconds": seconds}
 
 
 def mean_spread(values: list[float]) -> str:
@@ -143,8 +145,9 @@ def mean_spread(values: list[float]) -> str:
 
 
 def table(figures: dict[str, dict[int, dict]]) -> str:
-    lines = ["| row | seeds | val mIoU | pseudo-label mIoU by stage (unlabeled split) | training seconds per seed (KD rows: after the teacher) |",
-             "| --- | --- | ---: | --- | ---: |"]
+    lines = ["| row | seeds | val mIoU (best epoch) | val mIoU (last epoch) | pseudo-label mIoU by stage (unlabeled split) "
+             "| training seconds per seed (KD rows: after the teacher) |",
+             "| --- | --- | ---: | ---: | --- | ---: |"]
     for name, preset in ROWS:
         runs = list(figures[preset].values())
         if not runs:
@@ -153,9 +156,32 @@ def table(figures: dict[str, dict[int, dict]]) -> str:
         labels = " → ".join(mean_spread([r["labels"][k] for r in runs]) for k in range(stages)) or "-"
         secs = statistics.mean(r["seconds"] for r in runs)
         seeds = ", ".join(map(str, figures[preset]))
-        lines.append(f"| {name} | {seeds} | {mean_spread([r['val_miou'] for r in runs])} | {labels} | {secs:.0f} |")
+        last = [r["last_val_miou"] for r in runs if r.get("last_val_miou") is not None]
+        lines.append(f"| {name} | {seeds} | {mean_spread([r['val_miou'] for r in runs])} | "
+                     f"{mean_spread(last) if last else '-'} | {labels} | {secs:.0f} |")
     lines.append("\nMean ± sample standard deviation over the seeds where a row has more than one.")
     return "\n".join(lines)
+
+
+# paired comparisons: (name, preset, baselines); with several baselines, the best of them in that seed
+PAIRS = [("MCKD K=3 - best of supervised, teacher, vanilla KD", "camvid_mckd_k3",
+          ("camvid_supervised", "camvid_teacher", "camvid_vanilla_kd")),
+         ("MCKD K=3 - MCKD K=2", "camvid_mckd_k3", ("camvid_mckd",)),
+         ("MCKD K=2 - vanilla KD", "camvid_mckd", ("camvid_vanilla_kd",)),
+         ("vanilla KD - teacher", "camvid_vanilla_kd", ("camvid_teacher",))]
+
+
+def paired_table(figures: dict[str, dict[int, dict]]) -> str:
+    """Per-seed differences of val mIoU (same seed, so the same labeled split and teacher), mean ± sd."""
+    lines = ["| comparison (val mIoU, same seed) | seeds | per seed | mean ± sd |", "| --- | --- | --- | ---: |"]
+    for name, preset, baselines in PAIRS:
+        seeds = [s for s in figures[preset] if all(s in figures[b] for b in baselines)]
+        if not seeds:
+            continue
+        diffs = [figures[preset][s]["val_miou"] - max(figures[b][s]["val_miou"] for b in baselines) for s in seeds]
+        per_seed = ", ".join(f"{d:+.4f}" for d in diffs)
+        lines.append(f"| {name} | {', '.join(map(str, seeds))} | {per_seed} | {mean_spread(diffs)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def label_classes_table(k3_dirs: list[Path]) -> str:
@@ -208,6 +234,8 @@ def main() -> None:
     runs = {(p, s): row_figures(exps[(p, s)], p) for (p, s) in exps}
     figures = {p: {s: runs[(p, s)] for s in args.seeds if runs[(p, s)] is not None} for _, p in ROWS}
     text = table(figures)
+    if paired := paired_table(figures):
+        text += f"\n\nPaired differences:\n\n{paired}"
     classes = label_classes_table([exps[("camvid_mckd_k3", s)] for s in figures["camvid_mckd_k3"]])
     if classes:
         text += f"\n\nPer-class IoU of the MCKD K=3 row's pseudo-labels on the unlabeled split:\n\n{classes}\n"
