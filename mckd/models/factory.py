@@ -80,7 +80,7 @@ def resolve_input_fitted(cfg: Mapping, crop_size: Sequence[int]) -> dict:
 def build_model(cfg: Mapping, num_classes: int) -> SegmentationNet:
     """The network for a `model` config: {arch, encoder, encoder_weights, ...extra smp kwargs}."""
     if cfg.get("decoder_atrous_rates") == "auto":
-        raise ModelConfigError("model.decoder_atrous_rates=auto: resolve it with resolve_input_fitted(cfg, crop_size)")
+        raise ModelConfigError("decoder_atrous_rates", "auto", "resolve it with resolve_input_fitted(cfg, crop_size)")
     arch = cfg.get("arch")
     weights = cfg.get("encoder_weights")
     local_file = weights is not None and _looks_like_path(weights)
