@@ -24,7 +24,8 @@ IDENTITY_FILE = "identity.json"
 # of the identity without being listed here.
 IDENTITY_KEYS = (
     "dataset", "teacher", "student", "num_stages", "num_partitions", "repartition", "partition_group", "seed",
-    "loss", "student_loss", "pseudo", "student_aug", "train", "optim", "labeled_weight", "warm_start",
+    "loss", "student_loss", "pseudo", "student_aug", "train", "optim", "labeled_weight", "labeled_fraction",
+    "warm_start",
 )
 # Keys inside those nodes that change how fast results come, not what they are; teacher.checkpoint is checked
 # against the teacher's record instead (`teacher_source`), so that later steps need not repeat it.
