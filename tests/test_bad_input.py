@@ -100,7 +100,8 @@ class Case:
     names: tuple[str, ...]  # what the ERROR line must say
     setup: Callable[[Path], None] | None = None
     command: str = "mckd-train"
-    resume: bool = False  # run on a copy of an existing (teacher-stage) experiment
+    resume: bool = False  # run on a copy of an existing (teacher-stage, synthetic) experiment
+    with_checkpoint: bool = False  # {tmp}/synthetic.ckpt: that experiment's teacher
 
 
 CASES = [
@@ -157,7 +158,9 @@ CASES = [
     Case("missing encoder weights file", ("student.encoder_weights={tmp}/w.pth",),
          ("student.encoder_weights='{tmp}/w.pth'", "file not found")),
     Case("text file as teacher.checkpoint", ("teacher.checkpoint={tmp}/teacher.ckpt",),
-         ("teacher.checkpoint={tmp}/teacher.ckpt", "cannot load it"), text_file_checkpoint),
+         ("teacher.checkpoint={tmp}/teacher.ckpt", "is not an mckd checkpoint"), text_file_checkpoint),
+    Case("teacher.checkpoint of another dataset", (*CAMVID, "teacher.checkpoint={tmp}/synthetic.ckpt"),
+         ("{tmp}/synthetic.ckpt predicts 6 classes", "camvid has 11"), camvid, with_checkpoint=True),
     # one writer per step
     Case("double run: lock held on this host", ("stage=teacher",), ("step teacher is being run by pid", "teacher.lock"),
          lock_held_here),
@@ -205,6 +208,9 @@ def test_bad_input_stops_in_one_line(case: Case, tmp_path: Path, mckd_cli, reque
     exp = tmp_path / "exp"
     if case.resume:
         shutil.copytree(request.getfixturevalue("experiment"), exp)
+    if case.with_checkpoint:
+        shutil.copy(request.getfixturevalue("experiment") / "checkpoints" / "teacher" / "best.ckpt",
+                    tmp_path / "synthetic.ckpt")
     if case.setup:
         case.setup(tmp_path)
     before = checksums(exp) if exp.is_dir() else {}

@@ -122,7 +122,7 @@ def test_another_class_count_is_refused_before_anything_runs(tmp_path):
         run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", f"teacher.checkpoint={path}"))
     assert not (exp / "steps" / "teacher.json").exists() and not (exp / "logs").exists()
 
-    overrides = [f"checkpoint={path}", "dataset=synthetic", "+seed=0", f"output={tmp_path / 'eval.json'}"]
+    overrides = [f"checkpoint={path}", "dataset=synthetic", "seed=0", f"output={tmp_path / 'eval.json'}"]
     with initialize_config_module("mckd.conf", version_base="1.3"):
         eval_cfg = compose("eval", overrides=overrides)
     with pytest.raises(ClassCountError, match=expected):
@@ -130,7 +130,7 @@ def test_another_class_count_is_refused_before_anything_runs(tmp_path):
 
     (tmp_path / "images").mkdir()
     Image.new("RGB", (16, 16)).save(tmp_path / "images" / "a.png")
-    overrides = [f"checkpoint={path}", "dataset=synthetic", "+seed=0", f"input={tmp_path / 'images'}",
+    overrides = [f"checkpoint={path}", "dataset=synthetic", "seed=0", f"input={tmp_path / 'images'}",
                  f"output={tmp_path / 'out'}"]
     with initialize_config_module("mckd.conf", version_base="1.3"):
         predict_cfg = compose("predict", overrides=overrides)

@@ -23,8 +23,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from mckd.data.registry import build_source
+from mckd.data.source import DatasetError
+from mckd.data.splits import build_splits
 from mckd.errors import MckdError, exit_on_user_error
 from mckd.pipeline.identity import check_identity
+from mckd.pipeline.partition import stage_partitions
 
 log = logging.getLogger("mckd")
 
@@ -263,8 +267,6 @@ def check_settings(cfg: DictConfig, directory: str | Path, warn: bool = True) ->
 # -- the dataset -----------------------------------------------------------------------------------------------
 def image_size(path: str, what: str) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding it."""
-    from mckd.data.source import DatasetError
-
     try:
         with Image.open(path) as img:
             return img.size
@@ -276,8 +278,6 @@ def image_size(path: str, what: str) -> tuple[int, int]:
 
 def check_sample_files(source, sample, read_mask: bool) -> None:
     """The image opens; its mask, if any, opens, has the image's size and, where training reads it, valid values."""
-    from mckd.data.source import DatasetError
-
     size = image_size(sample.image, "image")
     if sample.mask is None:
         return
@@ -299,8 +299,6 @@ def check_files(source, samples: Iterable, read_masks: bool) -> int:
 
 
 def check_ground_truth(splits) -> None:
-    from mckd.data.source import DatasetError
-
     for name in ("labeled", "val", "test"):
         for sample in getattr(splits, name):
             if sample.mask is None:
@@ -312,8 +310,6 @@ def check_ground_truth(splits) -> None:
 
 def check_unlabeled(cfg: DictConfig, splits) -> None:
     """Students need unlabeled images, and a pair stage needs at least one (group of) image(s) per partition."""
-    from mckd.pipeline.partition import stage_partitions
-
     if not splits.unlabeled:
         if cfg.stage != "teacher":
             raise ConfigError("the unlabeled split is empty: students need unlabeled images "
@@ -325,9 +321,6 @@ def check_unlabeled(cfg: DictConfig, splits) -> None:
 
 def check_dataset(cfg: DictConfig) -> int:
     """The splits can be built, every file opens, and the unlabeled split can be partitioned; the class count."""
-    from mckd.data.registry import build_source
-    from mckd.data.splits import build_splits
-
     source = build_source(cfg.dataset)
     splits = build_splits(source, cfg.dataset.get("split", {}))
     check_ground_truth(splits)
@@ -344,6 +337,7 @@ def check_dataset(cfg: DictConfig) -> int:
 # -- models and the teacher checkpoint -------------------------------------------------------------------------
 def check_models(cfg: DictConfig, num_classes: int) -> None:
     """Build the student (and the teacher, unless it is loaded) on the CPU once."""
+    # torch and Lightning load here, once the checks that need neither have passed
     from mckd.models import ModelConfigError, build_model
     from mckd.pipeline.orchestrator import model_config
 
