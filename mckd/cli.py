@@ -11,7 +11,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from mckd.errors import MckdError
+from mckd.errors import exit_on_user_error
 
 # OpenMP threads that wait passively instead of spinning: on a CPU that is busy with other work (the DataLoader
 # workers on a small machine, other jobs), spinning threads slowed CPU training and labeling 12-18 times
@@ -31,13 +31,16 @@ def quiet_libraries() -> None:
 
 
 def run_pipeline(cfg: DictConfig) -> dict | None:
+    from mckd.pipeline.validate import validate
+
+    validate(cfg)  # before Lightning loads: bad input fails in a second, and before the seed (model builds draw)
     import lightning as L
 
     from mckd.pipeline.orchestrator import Pipeline
 
     quiet_libraries()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return Pipeline(cfg).run()
+    return Pipeline(cfg, validated=True).run()
 
 
 def member_alias(argv: list[str]) -> list[str]:
@@ -53,11 +56,8 @@ def train() -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def train_main(cfg: DictConfig) -> float | None:
     """mckd-train: the whole MCKD pipeline, or the step named by `stage=`."""
-    try:
+    with exit_on_user_error(cfg.experiment_dir):
         results = run_pipeline(cfg)
-    except MckdError as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
     final = (results or {}).get("final") or {}
     return final.get("val_miou")
 
@@ -67,11 +67,8 @@ def run_command(command, cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     quiet_libraries()
-    try:
+    with exit_on_user_error(prefix="error: "):  # their log lines are bare messages
         return command(cfg, list(HydraConfig.get().overrides.task))
-    except MckdError as err:
-        log.error("error: %s", err)
-        raise SystemExit(2) from None
 
 
 def evaluate() -> None:

@@ -257,7 +257,7 @@ def test_camvid_fixture_through_the_folder_reader(tmp_path):
 ])
 def test_missing_dataset_root_names_the_key(tmp_path, kind, params):
     missing = tmp_path / "nowhere"
-    with pytest.raises(DatasetError, match=f"dataset.root={missing}: directory not found"):
+    with pytest.raises(DatasetError, match=f"dataset.params.root={missing}: directory not found"):
         build_source({"kind": kind, "params": {"root": str(missing), **params}})
 
 
@@ -271,13 +271,24 @@ def test_unknown_model_arch_raises_model_config_error():
         build_model({"arch": "NoSuchNet", "encoder": "mobilenet_v2", "encoder_weights": None}, 5)
 
 
-def test_folder_image_without_mask_names_both_files(tmp_path):
-    root = make_camvid(tmp_path, n_train=2, n_val=0)
-    missing = root / "trainannot" / "0001TP_train_0001.png"
-    missing.unlink()
-    with pytest.raises(DatasetError, match="0001TP_train_0001.png has no mask") as err:
+def test_folder_image_without_mask_is_unlabeled_and_none_with_a_mask_names_the_cause(tmp_path):
+    root = make_camvid(tmp_path, n_train=2, n_val=1)
+    (root / "trainannot" / "0001TP_train_0001.png").unlink()
+    source = build_source(dataset_config("camvid", root))
+    assert [s.mask is None for s in source.samples("train")] == [False, True]
+    splits = build_splits(source, {"num_labeled": 1})
+    assert [s.id for s in splits.labeled] == ["0001TP_train_0000"]
+    assert [s.id for s in splits.unlabeled] == ["0001TP_train_0001"]
+    (root / "trainannot" / "0001TP_train_0000.png").unlink()
+    with pytest.raises(DatasetError, match="none of the 2 train images has a mask"):
+        build_splits(source, {"num_labeled": 1})
+
+
+def test_empty_images_folder_names_the_root(tmp_path):
+    root = make_camvid(tmp_path, n_train=0, n_val=1)
+    (root / "train").mkdir()
+    with pytest.raises(DatasetError, match=f"dataset.params.root={root}: no images in {root / 'train'}"):
         build_source(dataset_config("camvid", root)).samples("train")
-    assert str(missing) in str(err.value)
 
 
 def test_split_needing_masks_rejects_images_without_ground_truth(tmp_path):

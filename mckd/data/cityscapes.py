@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mckd.data.source import Sample, SegmentationSource, build_lut, require_dir
+from mckd.data.source import Sample, SegmentationSource, build_lut, require_dir, require_images
 
 CLASS_NAMES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -50,7 +50,7 @@ class CityscapesSource(SegmentationSource):
     builtin_palette = PALETTE
 
     def __init__(self, root: str):
-        self.root = require_dir(root, "dataset.root")
+        self.root = require_dir(root, "dataset.params.root")
         self.has_test = False  # the official test masks are withheld
 
     def mask_lut(self, sample: Sample) -> np.ndarray:
@@ -69,5 +69,7 @@ class CityscapesSource(SegmentationSource):
         return Sample(self.sample_id(image), str(image), str(mask) if mask.is_file() else None)
 
     def samples(self, split: str) -> list[Sample]:
-        images = sorted(require_dir(self.root / "leftImg8bit" / split, "dataset.root").glob(f"*/*{IMAGE_SUFFIX}"))
+        directory = require_dir(self.root / "leftImg8bit" / split, "dataset.params.root")
+        images = require_images(sorted(directory.glob(f"*/*{IMAGE_SUFFIX}")), directory, self.root,
+                                f"CITY/*{IMAGE_SUFFIX} files")
         return [self.sample_for_image(p) for p in images]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -12,7 +13,14 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
-from mckd.data.source import IGNORE_INDEX, DatasetError, Sample, SegmentationSource, require_dir
+from mckd.data.source import (
+    IGNORE_INDEX,
+    DatasetError,
+    Sample,
+    SegmentationSource,
+    require_dir,
+    require_images,
+)
 from mckd.errors import MckdError
 from mckd.pipeline.atomic import atomic_write
 from mckd.progress import progress
@@ -34,6 +42,23 @@ COCO_IDS = (
 )
 _CLASS_INDEX = {cat_id: index for index, cat_id in enumerate(COCO_IDS, 1)}
 SPLIT_DIRS = {"train": "train2017", "val": "val2017"}
+
+
+def read_annotations(ann_file: Path) -> dict:
+    """An annotations file's content; a DatasetError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(Path(ann_file).read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{ann_file} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+                           "the file is truncated or corrupt: download it again") from None
+
+
+def load_annotations(ann_file: Path) -> COCO:
+    """An annotations file as a COCO index."""
+    coco = COCO()
+    coco.dataset = read_annotations(ann_file)
+    coco.createIndex()
+    return coco
 
 
 def class_index(category_id: int) -> int:
@@ -113,7 +138,7 @@ def prepare_masks(root: str | Path, split: str = "train2017", workers: int | Non
     if not ann_file.is_file():
         raise DatasetError(f"COCO annotations not found: {ann_file} (expected ROOT/annotations/instances_{split}.json)")
     image_dir = require_dir(root / split, f"COCO {split} images")
-    coco = COCO(str(ann_file))
+    coco = load_annotations(ann_file)
     tasks = pending_masks(coco, image_dir, root / "masks", overwrite)
     results = _run(coco, tasks, workers or os.cpu_count() or 1)
     for _ in progress(results, f"COCO {split} masks", total=len(tasks)):
@@ -148,15 +173,24 @@ class CocoSource(SegmentationSource):
     has_test = False  # test2017 has no public annotations
 
     def __init__(self, root: str, mask_dir: str = "masks"):
-        self.root = require_dir(root, "dataset.root")
+        self.root = require_dir(root, "dataset.params.root")
         self.mask_dir = self.root / mask_dir
 
     def mask_path(self, stem: str) -> Path:
         """The prepared mask of an image, or a DatasetError saying how to make it."""
         path = self.mask_dir / f"{stem}.png"
         if not path.is_file():
-            raise DatasetError(f"COCO mask not found: {path}; run `mckd-prepare-coco {self.root}` to make the masks")
+            raise DatasetError(f"COCO mask not found: {path}; {self.how_to_prepare()}")
         return path
+
+    def how_to_prepare(self) -> str:
+        """How to make the missing masks: the prepare step, unless its annotations are not valid JSON."""
+        for ann_file in sorted((self.root / "annotations").glob("instances_*.json")):
+            try:
+                read_annotations(ann_file)
+            except DatasetError as err:
+                return f"mckd-prepare-coco cannot make it: {err}"
+        return f"run `mckd-prepare-coco {self.root}` to make the masks"
 
     def resolve_mask(self, mask: Path) -> Path:
         # split lists name `masks/X.png`; the masks live in `mask_dir`
@@ -165,5 +199,6 @@ class CocoSource(SegmentationSource):
     def samples(self, split: str) -> list[Sample]:
         if split not in SPLIT_DIRS:
             raise DatasetError(f"COCO split {split!r}: expected one of {tuple(SPLIT_DIRS)}")
-        images = sorted(require_dir(self.root / SPLIT_DIRS[split], "dataset.root").glob("*.jpg"))
+        directory = require_dir(self.root / SPLIT_DIRS[split], "dataset.params.root")
+        images = require_images(sorted(directory.glob("*.jpg")), directory, self.root, "*.jpg files")
         return [Sample(p.stem, str(p), str(self.mask_path(p.stem))) for p in images]

@@ -92,6 +92,7 @@ class SegmentationSource:
     name: str = "base"
     class_names: tuple[str, ...] = ()
     has_test: bool = False
+    reads_files: bool = True  # False for a source that renders its samples (no image files to check)
     builtin_palette: np.ndarray | None = None  # a dataset's official colours, known without its files
 
     @property
@@ -142,6 +143,13 @@ class SegmentationSource:
                 f"mask {sample.mask}: size {mask.shape} differs from its image {sample.image} {image.shape[:2]}"
             )
         return image, mask
+
+
+def require_images(found: list, directory: Path, root: Path, what: str) -> list:
+    """`found` (a split's images), or a DatasetError saying the directory has none."""
+    if not found:
+        raise DatasetError(f"dataset.params.root={root}: no images in {directory} (expected {what})")
+    return found
 
 
 def require_dir(path: str | Path, key: str) -> Path:

@@ -56,19 +56,24 @@ def shuffled(samples: list[Sample], seed: int) -> list[Sample]:
 
 def split_by_count(pool: list[Sample], num_labeled: int | None, labeled_ratio: float | None,
                    seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Disjoint labeled and unlabeled parts of `pool`, deterministic in `seed`."""
+    """Disjoint labeled and unlabeled parts of `pool`, deterministic in `seed`. The labeled images are drawn
+    from those with a mask; images without one are always unlabeled."""
     if num_labeled is None:
         if labeled_ratio is None:
             raise DatasetError("dataset.split: set labeled_list, num_labeled or labeled_ratio")
         if not 0 < labeled_ratio <= 1:
             raise DatasetError(f"dataset.split.labeled_ratio={labeled_ratio}: expected a fraction in (0, 1]")
         num_labeled = max(1, round(labeled_ratio * len(pool)))
-    if not 0 < num_labeled <= len(pool):
-        raise DatasetError(f"dataset.split.num_labeled={num_labeled}: expected 1..{len(pool)} (train size)")
-    order = shuffled(pool, seed)
-    labeled = sorted(order[:num_labeled], key=lambda s: s.id)
-    unlabeled = sorted(order[num_labeled:], key=lambda s: s.id)
-    return labeled, unlabeled
+    masked = [s for s in pool if s.mask is not None]
+    if pool and not masked:
+        raise DatasetError(f"none of the {len(pool)} train images has a mask (e.g. {pool[0].image}), so none can "
+                           "be labeled: check the mask directory and suffix in dataset.params")
+    if not 0 < num_labeled <= len(masked):
+        raise DatasetError(f"dataset.split.num_labeled={num_labeled}: expected 1..{len(masked)} (train images "
+                           "with a mask)")
+    labeled = shuffled(masked, seed)[:num_labeled]
+    taken = {s.id for s in labeled}
+    return sorted(labeled, key=lambda s: s.id), sorted((s for s in pool if s.id not in taken), key=lambda s: s.id)
 
 
 def build_splits(source: SegmentationSource, split_cfg: dict) -> Splits:

@@ -95,6 +95,7 @@ class SyntheticSource(SegmentationSource):
 
     name = "synthetic"
     class_names = CLASS_NAMES
+    reads_files = False
 
     def __init__(self, seed: int = 0, num_train: int = 400, num_val: int = 100, num_test: int = 0,
                  height: int = 96, width: int = 96, max_objects: int = 6, noise: float = 12.0):

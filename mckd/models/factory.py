@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mckd.errors import MckdError
+from mckd.errors import MckdError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,19 @@ KEY_PREFIXES = ("module.", "model.", "encoder.", "backbone.", "features.")
 
 
 class ModelConfigError(MckdError, ValueError):
-    """A bad `model` config: the message names the key and what was expected."""
+    """A bad `model` config: the message names the key (under `node`: model, teacher or student) and what was
+    expected."""
+
+    def __init__(self, key: str, value, expected: str, node: str = "model"):
+        self.key, self.value, self.expected, self.node = key, value, expected, node
+        super().__init__(f"{node}.{key}={value!r}: {expected}")
+
+    def __reduce__(self):
+        return type(self), (self.key, self.value, self.expected, self.node)
+
+    def under(self, node: str) -> ModelConfigError:
+        """The same error, named by the config node the model came from (`teacher.encoder=...`)."""
+        return ModelConfigError(self.key, self.value, self.expected, node)
 
 
 class SegmentationNet(nn.Module):
@@ -68,7 +80,7 @@ def resolve_input_fitted(cfg: Mapping, crop_size: Sequence[int]) -> dict:
 def build_model(cfg: Mapping, num_classes: int) -> SegmentationNet:
     """The network for a `model` config: {arch, encoder, encoder_weights, ...extra smp kwargs}."""
     if cfg.get("decoder_atrous_rates") == "auto":
-        raise ModelConfigError("model.decoder_atrous_rates=auto: resolve it with resolve_input_fitted(cfg, crop_size)")
+        raise ModelConfigError("decoder_atrous_rates", "auto", "resolve it with resolve_input_fitted(cfg, crop_size)")
     arch = cfg.get("arch")
     weights = cfg.get("encoder_weights")
     local_file = weights is not None and _looks_like_path(weights)
@@ -88,17 +100,31 @@ def _looks_like_path(weights: str) -> bool:
 def _smp_model(cfg: Mapping, num_classes: int, weights: str | None) -> SegmentationNet:
     import segmentation_models_pytorch as smp
 
+    arch, encoder = cfg.get("arch"), cfg.get("encoder", "resnet34")
+    check_smp_names(arch, encoder)
     extra = {k: v for k, v in cfg.items() if k not in ("arch", "encoder", "encoder_weights", "name")}
     try:
-        net = smp.create_model(cfg["arch"], encoder_name=cfg.get("encoder", "resnet34"), encoder_weights=weights,
-                               classes=num_classes, **extra)
-    except KeyError as err:
-        archs = sorted(a.__name__ for a in smp.MODEL_ARCHITECTURES_MAPPING.values()) + list(TORCHVISION_ARCHS)
-        raise ModelConfigError(
-            f"model: unknown arch or encoder ({err}); arch={cfg.get('arch')!r}, encoder={cfg.get('encoder')!r}. "
-            f"Architectures: {archs}; encoders: smp.encoders.get_encoder_names()"
-        ) from None
+        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=weights, classes=num_classes, **extra)
+    except (KeyError, RuntimeError) as err:  # timm's "Unknown model" for a `tu-` encoder it does not have
+        raise ModelConfigError("encoder", encoder, f"cannot build it for {arch} ({one_line(str(err))[:200]})") from None
+    except OSError as err:  # hub weights without internet
+        raise ModelConfigError("encoder_weights", weights, f"cannot load them ({one_line(str(err))[:200]}); hub "
+                               "weights need internet: use a local .pth file, or null") from None
     return SegmentationNet(net, pad_multiple=32)
+
+
+def check_smp_names(arch, encoder) -> None:
+    """ModelConfigError naming `arch` or `encoder` when smp has no such architecture or encoder."""
+    import segmentation_models_pytorch as smp
+
+    archs = {a.__name__.lower(): a.__name__ for a in smp.MODEL_ARCHITECTURES_MAPPING.values()}
+    if str(arch).lower() not in archs:
+        raise ModelConfigError("arch", arch, f"unknown architecture; expected one of {', '.join(sorted(archs.values()))} "
+                               f"(segmentation-models-pytorch) or {', '.join(TORCHVISION_ARCHS)} (torchvision)")
+    if not str(encoder).startswith("tu-") and encoder not in smp.encoders.get_encoder_names():
+        raise ModelConfigError("encoder", encoder, "unknown encoder; expected a segmentation-models-pytorch encoder "
+                               "(e.g. resnet50, mobilenet_v2, efficientnet-b0; all: "
+                               "smp.encoders.get_encoder_names()) or tu-<timm model>")
 
 
 def _torchvision_model(arch: str, num_classes: int, weights: str | None) -> SegmentationNet:
@@ -115,7 +141,7 @@ def load_encoder_weights(encoder: nn.Module, path: str):
     """Load a local state dict into `encoder`; returns (and logs) the missing and unexpected keys."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ModelConfigError(f"model.encoder_weights={path}: file not found (a local weights file or a hub name)")
+        raise ModelConfigError("encoder_weights", path, "file not found (expected a local weights file or a hub name)")
     state = torch.load(file, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     own = encoder.state_dict().keys()
@@ -126,7 +152,7 @@ def load_encoder_weights(encoder: nn.Module, path: str):
                 state = stripped
                 break
     if not own & state.keys():
-        raise ModelConfigError(f"model.encoder_weights={path}: none of its keys match the encoder")
+        raise ModelConfigError("encoder_weights", path, "none of its keys match the encoder")
     result = nn.Module.load_state_dict(encoder, state, strict=False)
     log.info("loaded encoder weights from %s: %d missing keys, %d unexpected keys %s", file,
              len(result.missing_keys), len(result.unexpected_keys), result.unexpected_keys[:5])

@@ -11,7 +11,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -20,24 +19,21 @@ from omegaconf import DictConfig, OmegaConf
 from mckd.checkpoints import require_same_classes
 from mckd.data import SegmentationDataModule
 from mckd.data.source import Sample
-from mckd.errors import MckdError
 from mckd.models.factory import resolve_input_fitted
 from mckd.modules import Labeler, SegmentationModule, StudentModule
 from mckd.modules.segmentation import mean_iou
 from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_names
+from mckd.pipeline.identity import record_identity
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
 from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger
+from mckd.pipeline.lock import one_writer
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.results import write_results
+from mckd.pipeline.validate import validate
 from mckd.seeding import step_seed
 from mckd.visualize import write_pictures
 
 log = logging.getLogger("mckd")
-
-
-class ConfigError(MckdError, ValueError):
-    """A config value the pipeline cannot use."""
-STAGES = ("all", "teacher", "first", "final")
 
 
 def show_progress() -> bool:
@@ -55,16 +51,14 @@ def model_config(node: DictConfig, crop_size: Sequence[int]) -> dict:
 class Pipeline:
     """Runs the steps that `cfg.stage` asks for in one experiment directory."""
 
-    def __init__(self, cfg: DictConfig):
-        if cfg.stage not in STAGES:
-            raise ConfigError(f"stage={cfg.stage!r}: expected one of {STAGES}")
-        if cfg.num_stages < 1:
-            raise ConfigError(f"num_stages={cfg.num_stages}: expected >= 1 (1 = teacher then final student)")
-        if cfg.num_stages > 1 and cfg.num_partitions < 2:
-            raise ConfigError(f"num_partitions={cfg.num_partitions}: cross-labeling needs at least 2")
+    def __init__(self, cfg: DictConfig, validated: bool = False):
+        if not validated:  # the CLI validates before it imports Lightning and torch, so bad input fails in a second
+            validate(cfg)
         self.cfg = cfg
         self.dm = SegmentationDataModule(cfg.dataset)
         self.exp = Experiment(cfg.experiment_dir, self.dm.num_classes)
+        if is_rank_zero():
+            record_identity(cfg, self.exp.dir)
         self.loggers: Callable[[str], list] = lambda step: []
         self.callbacks: Callable[[str], list] = lambda step: []  # extra Lightning callbacks per step name
         self.on_results: list[Callable[[dict], None]] = [lambda results: write_pictures(cfg, self.exp, self.dm)]
@@ -118,6 +112,7 @@ class Pipeline:
         epochs = train.get(f"{kind}_epochs")
         return int(epochs) if epochs is not None else max(1, round(train.teacher_epochs * train.student_ratio))
 
+    @one_writer(lambda name, *args, **kwargs: name)
     def train(self, name: str, build: Callable[[], SegmentationModule], epochs: int, **info) -> dict:
         """Train one model unless its record exists; resumes from `last.ckpt` when interrupted.
 
@@ -160,6 +155,7 @@ class Pipeline:
             log.info("label-stage%d: done already, skipping", stage)
         return done
 
+    @one_writer(lambda stage, *args: f"label-stage{stage}")
     def label(self, stage: int, jobs: list[tuple[list[Sample], list[str], list]], trained_on: dict) -> None:
         """Write stage `stage`'s pseudo-labels: each job is (samples, labeler names, their networks); from stage 1
         on, blended with the previous stage's labels when `pseudo.previous_weight` > 0."""
@@ -212,12 +208,11 @@ class Pipeline:
             teacher = SegmentationModule.from_checkpoint(self.checkpoint_of("teacher")).net
             self.label(0, [(unlabeled, ["teacher"], [teacher])], {"teacher": "labeled"})
 
+    @one_writer(lambda path: "teacher")
     def load_teacher(self, path: str) -> None:
         """Use a trained teacher instead of training one: evaluate it and record it as the teacher step."""
         if self.exp.record("teacher") is not None:
             return
-        if not Path(path).is_file():
-            raise ConfigError(f"teacher.checkpoint={path}: file not found")
         start = time.time()
         module = SegmentationModule.from_checkpoint(path)
         require_same_classes(path, module.hparams.num_classes, self.cfg.dataset.name, self.dm.num_classes)

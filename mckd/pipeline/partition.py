@@ -18,7 +18,8 @@ class PartitionError(MckdError, ValueError):
 def partition(samples: list[Sample], num_partitions: int, seed: int) -> list[list[Sample]]:
     """Split `samples` into `num_partitions` near-equal disjoint parts, by a seeded shuffle of sorted ids."""
     if num_partitions < 1 or num_partitions > len(samples):
-        raise ValueError(f"num_partitions={num_partitions}: expected 1..{len(samples)} (unlabeled samples)")
+        raise PartitionError(f"num_partitions={num_partitions}: expected 1..{len(samples)} (the unlabeled split "
+                             f"has {len(samples)} images)")
     ordered = sorted(samples, key=lambda s: s.id)
     order = np.random.default_rng(seed).permutation(len(ordered))
     return [sorted((ordered[i] for i in chunk), key=lambda s: s.id)

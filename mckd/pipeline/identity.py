@@ -1,0 +1,110 @@
+"""An experiment's identity: the settings that decide its results, stored at its first run and checked on resume.
+
+Re-running an experiment directory with other values would mix two experiments in one directory (a K=3
+experiment resumed without `num_stages=3` would silently finish as K=2), so a run whose identity differs
+from the stored one stops, naming every differing key, unless `resume_mismatch=allow`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mckd.errors import MckdError
+from mckd.pipeline.atomic import read_json, write_json
+
+log = logging.getLogger("mckd")
+
+IDENTITY_FILE = "identity.json"
+# The config keys that define an experiment. Nodes count whole, so a key added to one of them later is part
+# of the identity without being listed here.
+IDENTITY_KEYS = (
+    "dataset", "teacher", "student", "num_stages", "num_partitions", "repartition", "partition_group", "seed",
+    "loss", "student_loss", "pseudo", "student_aug", "train", "optim", "labeled_weight", "labeled_fraction",
+    "warm_start",
+)
+# Keys inside those nodes that change how fast results come, not what they are; teacher.checkpoint is checked
+# against the teacher's record instead (`teacher_source`), so that later steps need not repeat it.
+NOT_IDENTITY = ("dataset.num_workers", "dataset.eval_batch_size", "teacher.checkpoint")
+NOT_SET = "(not set)"
+_ABSENT = object()
+
+
+class ResumeMismatchError(MckdError, ValueError):
+    """A run's settings differ from those its experiment directory was started with."""
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as {dotted.key: leaf}; lists stay whole values."""
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The identity keys of `cfg`, resolved and flattened."""
+    values = {key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+              for key in IDENTITY_KEYS if (node := OmegaConf.select(cfg, key, default=_ABSENT)) is not _ABSENT}
+    return {k: v for k, v in flatten(values).items() if k not in NOT_IDENTITY}
+
+
+def identity_path(directory: str | Path) -> Path:
+    return Path(directory) / IDENTITY_FILE
+
+
+def teacher_source(directory: str | Path) -> str | None:
+    """Where the experiment's recorded teacher came from: a checkpoint file, 'trained here', or None (no record)."""
+    record_file = Path(directory) / "steps" / "teacher.json"
+    if not record_file.is_file():
+        return None
+    record = read_json(record_file)
+    return str(Path(record["checkpoint"]).resolve()) if record.get("trained_on") == "loaded" else "trained here"
+
+
+def differences(cfg: DictConfig, directory: str | Path) -> list[tuple[str, Any, Any]]:
+    """(key, stored value, value now) for every identity key that differs from the experiment's stored identity."""
+    found = []
+    path = identity_path(directory)
+    if path.is_file():
+        stored, now = read_json(path), identity(cfg)
+        found = [(key, stored.get(key, NOT_SET), now.get(key, NOT_SET)) for key in sorted(stored.keys() | now.keys())
+                 if stored.get(key, NOT_SET) != now.get(key, NOT_SET)]
+    checkpoint = OmegaConf.select(cfg, "teacher.checkpoint")
+    source = teacher_source(directory)
+    if checkpoint and source is not None and source != str(Path(checkpoint).resolve()):
+        found.append(("teacher.checkpoint", source, checkpoint))
+    return found
+
+
+def describe(found: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{key}={stored!r} there, {now!r} now" for key, stored, now in found)
+
+
+def check_identity(cfg: DictConfig, directory: str | Path, warn: bool = True) -> None:
+    """Stop when `cfg` differs from the experiment's stored identity, unless resume_mismatch=allow (then warn)."""
+    found = differences(cfg, directory)
+    if not found:
+        return
+    if cfg.get("resume_mismatch") == "allow":
+        if warn:
+            log.warning("resume_mismatch=allow: continuing %s although %s (the stored %s is kept; a recorded teacher "
+                        "is kept too)", directory, describe(found), IDENTITY_FILE)
+        return
+    raise ResumeMismatchError(
+        f"experiment {directory} was started with other settings ({IDENTITY_FILE}, steps/teacher.json): "
+        f"{describe(found)}. "
+        "Re-run with its values, choose a new experiment directory, or pass resume_mismatch=allow")
+
+
+def record_identity(cfg: DictConfig, directory: str | Path) -> None:
+    """Store the identity at an experiment's first run; later runs leave it as it is."""
+    path = identity_path(directory)
+    if not path.is_file():
+        write_json(path, identity(cfg))

@@ -1,0 +1,397 @@
+"""Everything about mckd-train's input that can be known before the teacher trains, checked before it trains.
+
+Each problem is one MckdError naming the key or file and what was expected. The checks come in two parts:
+`check_settings` needs neither data nor torch (config values, a writable experiment directory, the stored
+identity) and also runs as a Hydra callback before Hydra writes into the experiment directory;
+`check_inputs` reads the dataset's files (image headers, the masks training reads), builds both models
+on the CPU and loads `teacher.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from mckd.data.registry import build_source
+from mckd.data.source import DatasetError
+from mckd.data.splits import build_splits
+from mckd.errors import MckdError, exit_on_user_error
+from mckd.pipeline.identity import check_identity
+from mckd.pipeline.partition import stage_partitions
+
+log = logging.getLogger("mckd")
+
+STAGES = ("all", "teacher", "first", "final")
+OPTIMIZERS = ("adamw", "sgd")
+MISMATCH_CHOICES = ("stop", "allow")
+_ABSENT = object()
+
+
+class ConfigError(MckdError, ValueError):
+    """A config value the pipeline cannot use."""
+
+
+# -- config values ---------------------------------------------------------------------------------------------
+class Rule(NamedTuple):
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def integer(minimum: int | None = None) -> Rule:
+    return Rule(lambda v: is_int(v) and (minimum is None or v >= minimum),
+                "an integer" if minimum is None else f"an integer >= {minimum}")
+
+
+def number(minimum: float | None = None, below: float | None = None, positive: bool = False) -> Rule:
+    def ok(v: Any) -> bool:
+        return (is_number(v) and (minimum is None or v >= minimum) and (below is None or v < below)
+                and (not positive or v > 0))
+
+    bounds = [f">= {minimum:g}" if minimum is not None else "", f"< {below:g}" if below is not None else "",
+              "> 0" if positive else ""]
+    return Rule(ok, " ".join(["a number", " and ".join(b for b in bounds if b)]).strip())
+
+
+def fraction() -> Rule:
+    return Rule(lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+
+
+def boolean() -> Rule:
+    return Rule(lambda v: isinstance(v, bool), "true or false")
+
+
+def choice(*values: str) -> Rule:
+    return Rule(lambda v: v in values, f"one of {', '.join(values)}")
+
+
+def text() -> Rule:
+    return Rule(lambda v: isinstance(v, str) and v != "", "a path")
+
+
+def size() -> Rule:
+    return Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(x) and x > 0 for x in v),
+                "[height, width] of positive integers")
+
+
+def scale_range() -> Rule:
+    return Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(is_number(x) and x > 0 for x in v)
+                and v[0] <= v[1], "[low, high] with 0 < low <= high")
+
+
+def positive_numbers() -> Rule:
+    return Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(is_number(x) and x > 0 for x in v),
+                "a non-empty list of positive numbers")
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.ok(v), f"null or {rule.expected}")
+
+
+# key -> rule; keys absent from a config are left to their defaults in the code
+RULES: dict[str, Rule] = {
+    "stage": choice(*STAGES),
+    "seed": integer(),
+    "num_stages": integer(1),
+    "num_partitions": integer(1),
+    "pair_stage": optional(integer(1)),
+    "repartition": boolean(),
+    "partition_group": optional(text()),
+    "warm_start": boolean(),
+    "labeled_weight": number(0),
+    "labeled_fraction": optional(fraction()),
+    "channels_last": boolean(),
+    "resume_mismatch": choice(*MISMATCH_CHOICES),
+    "teacher.checkpoint": optional(text()),
+    "optim.name": choice(*OPTIMIZERS),
+    "optim.lr": number(positive=True),
+    "optim.weight_decay": number(0),
+    "optim.momentum": number(0, below=1),
+    "optim.poly_power": number(0),
+    "loss.ce_weight": number(0),
+    "loss.dice_weight": number(0),
+    "student_loss.ce_weight": number(0),
+    "student_loss.soft_weight": number(0),
+    "student_loss.dice_weight": number(0),
+    "student_loss.temperature": number(positive=True),
+    "pseudo.flip": boolean(),
+    "pseudo.scales": positive_numbers(),
+    "pseudo.previous_weight": fraction(),
+    "pseudo.window": optional(size()),
+    "pseudo.stride": optional(size()),
+    "pseudo.soft_topk": integer(0),
+    "pseudo.confidence_threshold": number(0, below=1),
+    "student_aug.scale_range": optional(scale_range()),
+    "student_aug.color_jitter": number(0),
+    "student_aug.color_jitter_prob": fraction(),
+    "student_aug.grayscale_prob": fraction(),
+    "student_aug.blur_prob": fraction(),
+    "student_aug.blur_sigma": scale_range(),
+    "student_aug.cutout_prob": fraction(),
+    "student_aug.cutmix_prob": fraction(),
+    "train.teacher_epochs": integer(1),
+    "train.student_ratio": number(positive=True),
+    "eval.flip": boolean(),
+    "eval.window": optional(size()),
+    "eval.stride": optional(size()),
+    "dataset.crop_size": size(),
+    "dataset.base_size": optional(size()),
+    "dataset.scale_range": scale_range(),
+    "dataset.color_jitter": number(0),
+    "dataset.hflip": boolean(),
+    "dataset.eval_size": optional(size()),
+    "dataset.batch_size": integer(1),
+    "dataset.eval_batch_size": integer(1),
+    "dataset.num_workers": integer(0),
+    "dataset.min_epoch_size": optional(integer(0)),
+    "dataset.split.num_labeled": optional(integer(1)),
+    "dataset.split.labeled_ratio": optional(number()),
+    "dataset.split.max_labeled": optional(integer(1)),
+    "dataset.split.max_unlabeled": optional(integer(1)),
+    "dataset.split.max_val": optional(integer(1)),
+    "dataset.split.max_test": optional(integer(1)),
+}
+EPOCHS = optional(integer(1))  # every other `train.*_epochs`, including ones added later (null: derived)
+
+
+def value(cfg: DictConfig, key: str) -> Any:
+    """A config value as plain Python (lists and dicts, resolved); _ABSENT when the key is not there."""
+    node = OmegaConf.select(cfg, key, default=_ABSENT)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def require_valid(key: str, found: Any, rule: Rule) -> None:
+    if not rule.ok(found):
+        raise ConfigError(f"{key}={found!r}: expected {rule.expected}")
+
+
+def check_unset(cfg: DictConfig) -> None:
+    """Mandatory keys left as `???` (e.g. the folder dataset's root)."""
+    for top in cfg:
+        if top == "hydra":  # Hydra's own node: it has keys that are only set later (hydra.job.num)
+            continue
+        node = OmegaConf.select(cfg, str(top), throw_on_resolution_failure=False)
+        missing = (OmegaConf.missing_keys(node) if OmegaConf.is_config(node)  # full keys (dataset.params.root)
+                   else {str(top)} if OmegaConf.is_missing(cfg, str(top)) else set())
+        for key in sorted(missing):
+            raise ConfigError(f"{key} is not set: pass {key}=VALUE")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Types and ranges of every known key, then the rules that tie keys together."""
+    check_unset(cfg)
+    for key, rule in RULES.items():
+        if (found := value(cfg, key)) is not _ABSENT:
+            require_valid(key, found, rule)
+    for key in (value(cfg, "train") or {}):
+        if str(key).endswith("_epochs") and f"train.{key}" not in RULES:
+            require_valid(f"train.{key}", value(cfg, f"train.{key}"), EPOCHS)
+    check_stages(cfg)
+    check_partition_group(cfg.get("partition_group"))
+    if value(cfg, "student_loss.soft_weight") and not value(cfg, "pseudo.soft_topk"):
+        raise ConfigError(f"student_loss.soft_weight={value(cfg, 'student_loss.soft_weight')}: needs soft labels, "
+                          "which are stored only with pseudo.soft_topk > 0")
+
+
+def member_letters(num_partitions: int) -> list[str]:
+    return [chr(ord("a") + i) for i in range(num_partitions)]
+
+
+def check_stages(cfg: DictConfig) -> None:
+    stages, partitions = cfg.num_stages, cfg.num_partitions
+    if stages > 1 and partitions < 2:
+        raise ConfigError(f"num_partitions={partitions}: cross-labeling needs at least 2 (num_stages={stages})")
+    pair_stage = cfg.get("pair_stage")
+    if pair_stage is not None and not 1 <= pair_stage <= stages - 1:
+        expected = f"1..{stages - 1}" if stages > 1 else "null (num_stages=1 has no pair stages)"
+        raise ConfigError(f"pair_stage={pair_stage}: expected {expected} (num_stages={stages})")
+    member = cfg.get("member")
+    if member is not None and str(member) not in member_letters(partitions):
+        raise ConfigError(f"member={member!r}: expected one of {', '.join(member_letters(partitions))} "
+                          f"(num_partitions={partitions})")
+
+
+def check_partition_group(pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"partition_group={pattern!r}: not a regular expression ({err})") from None
+
+
+def check_writable(directory: str | Path, key: str = "experiment_dir") -> None:
+    """The experiment directory exists (or can be made) and takes new files."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".mckd-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{key}={directory}: cannot write there ({err.strerror or err}): expected a writable "
+                          "directory (hydra.run.dir=DIR or experiment_dir=DIR)") from None
+
+
+def check_teacher_checkpoint_exists(path: str | None) -> None:
+    if path and not Path(path).expanduser().is_file():
+        raise ConfigError(f"teacher.checkpoint={path}: file not found (expected a .ckpt written by mckd-train)")
+
+
+def check_settings(cfg: DictConfig, directory: str | Path, warn: bool = True) -> None:
+    """What needs neither the data nor torch: config values, the experiment directory and its identity."""
+    check_writable(directory)  # first: the errors that follow are also logged there (cli.log)
+    check_values(cfg)
+    check_teacher_checkpoint_exists(cfg.teacher.get("checkpoint"))
+    check_identity(cfg, directory, warn)
+
+
+# -- the dataset -----------------------------------------------------------------------------------------------
+def image_size(path: str, what: str) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding it."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except FileNotFoundError:
+        raise DatasetError(f"{what} file not found: {path}") from None
+    except OSError as err:
+        raise DatasetError(f"cannot open {what} {path}: {err} (expected an image file)") from None
+
+
+def check_sample_files(source, sample, read_mask: bool) -> None:
+    """The image opens; its mask, if any, opens, has the image's size and, where training reads it, valid values."""
+    size = image_size(sample.image, "image")
+    if sample.mask is None:
+        return
+    mask_size = image_size(sample.mask, "mask")
+    if mask_size != size:
+        raise DatasetError(f"mask {sample.mask}: size {mask_size[::-1]} differs from its image {sample.image} "
+                           f"{size[::-1]}")
+    if read_mask:
+        source.read_mask(sample)  # the reader owns which values are valid
+
+
+def check_files(source, samples: Iterable, read_masks: bool) -> int:
+    """`check_sample_files` on every sample (threads: most of the time is spent waiting on the disk)."""
+    samples = list(samples)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(lambda s: check_sample_files(source, s, read_masks), samples):
+            pass
+    return len(samples)
+
+
+def check_ground_truth(splits) -> None:
+    for name in ("labeled", "val", "test"):
+        for sample in getattr(splits, name):
+            if sample.mask is None:
+                raise DatasetError(f"{name} image {sample.image} has no mask: the {name} split needs ground truth")
+    for name in ("labeled", "val"):
+        if not getattr(splits, name):
+            raise DatasetError(f"the {name} split is empty: expected at least one image (dataset.split, dataset.params)")
+
+
+def check_unlabeled(cfg: DictConfig, splits) -> None:
+    """Students need unlabeled images, and a pair stage needs at least one (group of) image(s) per partition."""
+    if not splits.unlabeled:
+        if cfg.stage != "teacher":
+            raise ConfigError("the unlabeled split is empty: students need unlabeled images "
+                              "(dataset.split: fewer labeled images, or an unlabeled_list)")
+        return
+    if cfg.num_stages > 1:
+        stage_partitions(splits.unlabeled, cfg.num_partitions, cfg.seed, 1, cfg.repartition, cfg.get("partition_group"))
+
+
+def check_dataset(cfg: DictConfig) -> int:
+    """The splits can be built, every file opens, and the unlabeled split can be partitioned; the class count."""
+    source = build_source(cfg.dataset)
+    splits = build_splits(source, cfg.dataset.get("split", {}))
+    check_ground_truth(splits)
+    check_unlabeled(cfg, splits)
+    if source.reads_files:
+        start = time.perf_counter()
+        # masks training reads (labeled, val, test) are decoded; the others only opened
+        checked = check_files(source, [*splits.labeled, *splits.val, *splits.test], read_masks=True)
+        checked += check_files(source, splits.unlabeled, read_masks=False)
+        log.info("checked the files of %d images in %.1f s", checked, time.perf_counter() - start)
+    return source.num_classes
+
+
+# -- models and the teacher checkpoint -------------------------------------------------------------------------
+def check_models(cfg: DictConfig, num_classes: int) -> None:
+    """Build the student (and the teacher, unless it is loaded) on the CPU once."""
+    # torch and Lightning load here, once the checks that need neither have passed
+    from mckd.models import ModelConfigError, build_model
+    from mckd.pipeline.orchestrator import model_config
+
+    nodes = ["student"] if cfg.teacher.get("checkpoint") else ["teacher", "student"]
+    for node in nodes:
+        try:
+            build_model(model_config(cfg[node], cfg.dataset.crop_size), num_classes)
+        except ModelConfigError as err:
+            raise err.under(node) from None
+
+
+def check_teacher_checkpoint(path: str, dataset: str, num_classes: int) -> None:
+    """`teacher.checkpoint` loads (mckd.checkpoints owns what a checkpoint is) and predicts the dataset's classes."""
+    from mckd.checkpoints import CheckpointError, ModelRef, load_module, require_same_classes
+
+    try:
+        module = load_module(ModelRef(Path(path).expanduser()))
+    except CheckpointError as err:
+        raise ConfigError(f"teacher.checkpoint={path}: {err}") from None
+    require_same_classes(path, module.hparams.num_classes, dataset, num_classes)
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """The dataset's files, both models and the teacher checkpoint."""
+    num_classes = check_dataset(cfg)
+    check_models(cfg, num_classes)
+    if cfg.teacher.get("checkpoint"):
+        check_teacher_checkpoint(cfg.teacher.checkpoint, cfg.dataset.name, num_classes)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check, in the order that fails fastest; raises the first problem found."""
+    check_settings(cfg, cfg.experiment_dir)
+    check_inputs(cfg)
+
+
+# -- before Hydra writes ---------------------------------------------------------------------------------------
+def planned_experiment_dir(config: DictConfig) -> Path:
+    """The experiment directory of a run about to start (Hydra has not set its runtime output dir yet)."""
+    raw = OmegaConf.to_container(config, resolve=False).get("experiment_dir")
+    if raw is None or "hydra:runtime.output_dir" in str(raw):
+        return Path(str(config.hydra.run.dir)).absolute()
+    return Path(str(config.experiment_dir)).absolute()
+
+
+class EarlyChecks(Callback):
+    """`check_settings` before Hydra writes `.hydra/` and the job log into the experiment directory, so that a run
+    stopped by a bad value, a read-only directory or an identity mismatch leaves an existing experiment as it was."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            directory = planned_experiment_dir(config)
+        except Exception as err:  # an experiment_dir this cannot foresee: the task's own validation will check it
+            log.debug("early checks skipped: %s", err)
+            return
+        with exit_on_user_error(directory, logging_ready=False):
+            check_settings(config, directory, warn=False)  # the run's own validation warns, once
