@@ -326,3 +326,18 @@ def test_unlabeled_images_may_have_no_mask(tmp_path: Path) -> None:
     assert sum(s.mask is None for s in splits.unlabeled) == 3
     cfg = train_config("dataset=camvid", f"dataset.params.root={root}", "debug=smoke")
     assert check_dataset(cfg) == 11
+
+
+def test_a_member_leaves_cross_labeling_to_the_process_that_holds_its_lock(tmp_path: Path) -> None:
+    """Two pair members that finish together both reach cross-labeling: the second returns without labeling."""
+    from test_pipeline import compose_train
+
+    from mckd.cli import run_pipeline
+
+    exp = tmp_path / "exp"
+    run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", "member=a"))
+    with step_lock(exp, "label-stage1"):  # as if member a's process were cross-labeling right now
+        run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", "stage=first", "member=b"))
+    assert (exp / "steps" / "stage1-b.json").is_file() and not (exp / "steps" / "label-stage1.json").exists()
+    run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", "stage=first"))
+    assert (exp / "steps" / "label-stage1.json").is_file()

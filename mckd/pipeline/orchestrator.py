@@ -26,7 +26,7 @@ from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_
 from mckd.pipeline.identity import record_identity
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
 from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger
-from mckd.pipeline.lock import one_writer
+from mckd.pipeline.lock import StepLockedError, one_writer
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.results import write_results
 from mckd.pipeline.validate import validate
@@ -252,7 +252,14 @@ class Pipeline:
         nets = [StudentModule.from_checkpoint(self.checkpoint_of(n)).net for n in names]
         jobs = [(part, [n for i, n in enumerate(names) if i != j], [m for i, m in enumerate(nets) if i != j])
                 for j, part in enumerate(parts)]
-        self.label(stage, jobs, {n: i for i, n in enumerate(names)})
+        try:
+            self.label(stage, jobs, {n: i for i, n in enumerate(names)})
+        except StepLockedError as err:
+            if cfg.member is None:
+                raise
+            # two members that finish together both reach cross-labeling; one of them does it
+            log.info("stage %d: cross-labeling is left to the process that holds its lock (%s)", stage, err)
+            return False
         return True
 
     def use_pseudo_labels(self, samples: list[Sample], labels, step: str) -> None:
