@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -76,12 +77,16 @@ def test_each_kill_point_alone_resumes_to_the_same_result(tmp_path, reference, p
     assert fingerprint(exp) == reference
 
 
-def test_split_stage_commands_and_separate_members_equal_one_run(tmp_path, reference):
-    """stage=teacher, then each pair member of stage 1 alone (with loader workers), then the rest."""
+def test_split_stage_commands_and_parallel_members_equal_one_run(tmp_path, reference):
+    """stage=teacher, then the pair members of stage 1 as two processes at once (one with loader workers), then
+    the rest."""
     exp = tmp_path / "exp"
     run(exp, "stage=teacher")
-    run(exp, "stage=first", "pair_stage=1", "member=b", "dataset.num_workers=2")
-    run(exp, "stage=first", "pair_stage=1", "member=a")
+    with ThreadPoolExecutor(2) as pool:
+        members = [pool.submit(run, exp, "stage=first", "pair_stage=1", "member=b", "dataset.num_workers=2"),
+                   pool.submit(run, exp, "stage=first", "pair_stage=1", "member=a")]
+        for member in members:
+            member.result()
     run(exp, "stage=first")
     run(exp, "stage=final")
     assert fingerprint(exp) == reference
