@@ -300,7 +300,7 @@ def test_ddp_cpu_labels_equal_single_process(tmp_path):
     import lightning as L
 
     L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-              callbacks=[PseudoLabelWriter(single, 0)]).predict(Labeler([teacher], flip=True), datamodule=dm,
+              callbacks=[PseudoLabelWriter(single, 0)]).predict(Labeler([teacher], flip=True, scales=cfg.pseudo.scales), datamodule=dm,
                                                                 return_predictions=False)
     ddp = PseudoLabelStore(exp / "pseudo_labels", dm.num_classes)
     for sample_id in ids:
