@@ -18,10 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mckd import layout
+from mckd.atomic import read_json
 from mckd.errors import MckdError
-from mckd.pipeline.atomic import read_json
-
-EXPERIMENT_CONFIG = Path(".hydra") / "config.yaml"
 
 
 class CheckpointError(MckdError, FileNotFoundError):
@@ -109,13 +108,13 @@ class ModelRef:
 
 
 def is_experiment(path: Path) -> bool:
-    return (path / EXPERIMENT_CONFIG).is_file() or (path / "steps").is_dir()
+    return (path / layout.CONFIG).is_file() or (path / layout.RECORDS).is_dir()
 
 
 def experiment_of(checkpoint: Path) -> Path | None:
     """The experiment directory of `<exp>/checkpoints/<step>/<file>.ckpt`, else None."""
     parents = checkpoint.resolve().parents
-    if len(parents) >= 3 and parents[1].name == "checkpoints" and is_experiment(parents[2]):
+    if len(parents) >= 3 and parents[1].name == layout.CHECKPOINTS and is_experiment(parents[2]):
         return parents[2]
     return None
 
@@ -135,10 +134,10 @@ def resolve_model(path: str | None, step: str = "final") -> ModelRef:
     if p.is_dir():
         if not is_experiment(p):
             raise CheckpointError(f"checkpoint={path}: a directory, but not an experiment directory "
-                                  f"(no {EXPERIMENT_CONFIG} or steps/): pass a .ckpt file or an mckd-train output directory")
-        record_path = p / "steps" / f"{step}.json"
+                                  f"(no {layout.CONFIG} or {layout.RECORDS}/): pass a .ckpt file or an mckd-train output directory")
+        record_path = layout.record_path(p, step)
         if not record_path.is_file():
-            done = sorted(f.stem for f in (p / "steps").glob("*.json") if not f.stem.startswith("label-"))
+            done = layout.finished_model_steps(p)
             raise CheckpointError(f"checkpoint={path}: step '{step}' has not finished in this experiment (no {record_path}); "
                                   f"finished models: {', '.join(done) or 'none'} (choose one with step=NAME)")
         checkpoint = (p / read_json(record_path)["checkpoint"]).resolve()
@@ -149,13 +148,6 @@ def resolve_model(path: str | None, step: str = "final") -> ModelRef:
         raise CheckpointError(f"checkpoint={path}: no such file or directory")
     experiment = experiment_of(p)
     return ModelRef(p.resolve(), experiment, p.resolve().parent.name if experiment else None)
-
-
-def load_module(ref: ModelRef, map_location: str = "cpu"):
-    """The SegmentationModule saved in `ref.checkpoint`; CheckpointError when the file is not one."""
-    from mckd.modules import SegmentationModule
-
-    return SegmentationModule.from_checkpoint(str(ref.checkpoint), map_location=map_location)
 
 
 def _override_key(override: str) -> str:
@@ -176,7 +168,7 @@ def dataset_key_overrides(argv: Sequence[str]) -> list[str]:
 
 def experiment_dataset(experiment: Path) -> DictConfig:
     """An experiment's dataset config, its interpolations (`${seed}`, env) resolved in its own config."""
-    full = OmegaConf.load(experiment / EXPERIMENT_CONFIG)
+    full = OmegaConf.load(experiment / layout.CONFIG)
     return OmegaConf.create(OmegaConf.to_container(full.dataset, resolve=True))
 
 
@@ -186,9 +178,9 @@ def dataset_config(cfg: DictConfig, overrides: Sequence[str], experiment: Path |
     node = cfg.get("dataset")
     if dataset_chosen(overrides):
         return node
-    if experiment is None or not (experiment / EXPERIMENT_CONFIG).is_file():
+    if experiment is None or not (experiment / layout.CONFIG).is_file():
         if required:
-            where = "is not inside an experiment directory" if experiment is None else f"has no {EXPERIMENT_CONFIG}"
+            where = "is not inside an experiment directory" if experiment is None else f"has no {layout.CONFIG}"
             raise CheckpointError(f"the checkpoint {where}, so its dataset is unknown: pass dataset=NAME "
                                   "(synthetic, cityscapes, coco, camvid, folder ...)")
         return None

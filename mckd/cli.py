@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mckd.errors import exit_on_user_error
+from mckd.layout import FINAL
 
 # OpenMP threads that wait passively instead of spinning: on a CPU that is busy with other work (the DataLoader
 # workers on a small machine, other jobs), spinning threads slowed CPU training and labeling 12-18 times
@@ -58,7 +59,7 @@ def train_main(cfg: DictConfig) -> float | None:
     """mckd-train: the whole MCKD pipeline, or the step named by `stage=`."""
     with exit_on_user_error(cfg.experiment_dir):
         results = run_pipeline(cfg)
-    final = (results or {}).get("final") or {}
+    final = (results or {}).get(FINAL) or {}
     return final.get("val_miou")
 
 

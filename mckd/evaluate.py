@@ -16,10 +16,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from mckd.atomic import write_json
 from mckd.checkpoints import (
     ModelRef,
     dataset_config,
-    load_module,
     require,
     require_same_classes,
     resolve_model,
@@ -28,8 +28,8 @@ from mckd.data import IGNORE_INDEX, SegmentationDataModule
 from mckd.errors import MckdError
 from mckd.modules.inference import class_probs, predictions_and_truth
 from mckd.modules.segmentation import SegmentationModule, iou_metric, mean_iou
-from mckd.pipeline.atomic import write_json
 from mckd.pipeline.experiment import is_rank_zero
+from mckd.progress import show_progress
 
 log = logging.getLogger("mckd")
 SPLITS = ("val", "test")
@@ -101,13 +101,12 @@ def default_output(ref: ModelRef, split: str, flip: bool, window) -> Path:
 
 def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     """Evaluate `cfg.checkpoint` on `cfg.split`; prints the table, writes the JSON and returns its content."""
-    from mckd.pipeline.orchestrator import show_progress
 
     require(cfg, "checkpoint")
     if cfg.split not in SPLITS:
         raise EvalConfigError(f"split={cfg.split!r}: expected one of {SPLITS}")
     ref = resolve_model(cfg.checkpoint, cfg.step)
-    module = load_module(ref)
+    module = SegmentationModule.from_checkpoint(str(ref.checkpoint))
     dataset = dataset_config(cfg, overrides, ref.experiment)
     dm = SegmentationDataModule(dataset)
     require_same_classes(ref.checkpoint, module.hparams.num_classes, dataset.name, dm.num_classes)

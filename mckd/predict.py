@@ -18,14 +18,15 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from mckd.checkpoints import dataset_config, load_module, require, require_same_classes, resolve_model
+from mckd.atomic import write_json
+from mckd.checkpoints import dataset_config, require, require_same_classes, resolve_model
 from mckd.data.folder import IMAGE_SUFFIXES, list_images
 from mckd.data.registry import build_source, source_class
 from mckd.data.source import DatasetError, SegmentationSource, default_palette, read_rgb
 from mckd.data.transforms import eval_transform
 from mckd.errors import MckdError
+from mckd.modules import SegmentationModule
 from mckd.modules.predictor import Predictor
-from mckd.pipeline.atomic import write_json
 from mckd.pipeline.store import label_dtype
 from mckd.progress import progress
 from mckd.visualize import colorize, overlay, save_png
@@ -92,7 +93,7 @@ def predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     dataset = dataset_config(cfg, overrides, ref.experiment, required=False)
     images = input_images(cfg.input)
     out = Path(cfg.output).expanduser()
-    module = load_module(ref)
+    module = SegmentationModule.from_checkpoint(str(ref.checkpoint))
     num_classes = module.hparams.num_classes
     if (reader := dataset_reader(dataset)) is not None:  # its classes are known
         require_same_classes(ref.checkpoint, num_classes, dataset.name, reader.num_classes)

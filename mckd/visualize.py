@@ -1,33 +1,21 @@
-"""Pictures: class-id masks in a dataset's palette, overlays, and an experiment's qualitative grid and class mix.
+"""Pictures: class-id masks in a dataset's palette, overlays, and the figures an experiment's report is made of.
 
-`colorize` is the one place where class ids become colours; everything else here draws with it.
-At the end of a pipeline run `write_pictures` leaves in the experiment directory:
-    qualitative.png          image / ground truth / teacher / every stage's students / final, a few val images
-    class_distribution.png   share of pixels per class: labeled ground truth vs each stage's pseudo-labels
-    class_distribution.json  the pixel counts behind it (also a cache: a finished stage's counts never change)
+`colorize` is the one place where class ids become colours; everything else draws with it. The experiment's own
+pictures (which models, which labels) are drawn by mckd.pipeline.pictures with these pieces.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
 
+from mckd.atomic import atomic_write, png_bytes
 from mckd.data.source import IGNORE_INDEX
-from mckd.modules.predictor import Predictor
-from mckd.pipeline.atomic import atomic_write, png_bytes, read_json, write_json
-from mckd.pipeline.experiment import Experiment, student_names
-from mckd.progress import progress
-
-log = logging.getLogger("mckd")
 
 IGNORE_COLOUR = (0, 0, 0)
-GRID_IMAGES = 4
 
 
 # -- masks as pictures ---------------------------------------------------------------------------
@@ -57,7 +45,7 @@ def save_png(path: str | Path, array: np.ndarray) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
@@ -81,20 +69,6 @@ def legend_handles(class_names: Sequence[str], palette: np.ndarray) -> list:
 
 
 # -- the qualitative grid ------------------------------------------------------------------------
-def model_steps(cfg: DictConfig, exp: Experiment) -> list[tuple[str, str, dict]]:
-    """(step, checkpoint path, record) of every finished model, in pipeline order."""
-    names = ["teacher"]
-    for k in range(1, cfg.num_stages):
-        names += student_names(k, cfg.num_partitions)
-    names.append("final")
-    out = []
-    for name in names:
-        record = exp.record(name)
-        if record is not None:
-            out.append((name, os.path.join(exp.dir, record["checkpoint"]), record))
-    return out
-
-
 def grid_figure(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], row_labels: Sequence[str],
                 class_names: Sequence[str], palette: np.ndarray):
     """A figure of `rows` x `titles` pictures (HxWx3 uint8) with a class legend underneath."""
@@ -119,30 +93,6 @@ def grid_figure(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], row
     return fig
 
 
-def write_qualitative(cfg: DictConfig, exp: Experiment, dm, path: Path, num_images: int = GRID_IMAGES,
-                      device: str = "auto") -> Path | None:
-    """image / ground truth / each model's prediction for the first `num_images` validation images."""
-    samples = dm.splits.val[:num_images]
-    models = model_steps(cfg, exp)
-    if not samples or not models:
-        return None
-    source, palette = dm.source, dm.source.palette
-    data = [source.read(s) for s in samples]
-    rows = [[image, colorize(mask, palette)] for image, mask in data]
-    titles = ["image", "ground truth"]
-    for name, checkpoint, record in progress(models, desc="qualitative grid", unit="model"):
-        predictor = Predictor.from_checkpoint(checkpoint, transform=dm.eval_augmentation(), device=device)
-        for row, (image, _) in zip(rows, data):
-            row.append(colorize(predictor(image), palette))
-        miou = record.get("val_miou")
-        titles.append(name if miou is None else f"{name}\nval mIoU {miou:.3f}")
-        del predictor
-    fig = grid_figure(rows, titles, [s.id for s in samples], source.class_names, palette)
-    fig.suptitle(f"{exp.dir.name}: validation predictions per model", fontsize=9)
-    _save_figure(fig, path)
-    return path
-
-
 # -- the class distribution ----------------------------------------------------------------------
 def class_counts(labels, num_classes: int) -> list[int]:
     """Pixels per class over an iterable of HxW label arrays (ignore and out-of-range ids not counted)."""
@@ -151,40 +101,6 @@ def class_counts(labels, num_classes: int) -> list[int]:
         ids = np.asarray(label).ravel()
         total += np.bincount(ids[ids < num_classes], minlength=num_classes)[:num_classes]
     return total.tolist()
-
-
-def class_distribution(cfg: DictConfig, exp: Experiment, dm, cache: Path | None = None) -> dict:
-    """Pixel counts per class: labeled ground truth, unlabeled ground truth (where known), each stage's labels.
-
-    Counts in `cache` are reused: a stage's labels never change once its manifest is written.
-    """
-    source, splits, n = dm.source, dm.splits, dm.num_classes
-    old = read_json(cache) if cache is not None and cache.is_file() else {}
-    if old.get("classes") != list(source.class_names):
-        old = {}
-    out = {"classes": list(source.class_names), "series": {}}
-    cached = old.get("series", {})
-
-    def counted(key: str, compute) -> None:
-        out["series"][key] = cached[key] if key in cached else compute()
-
-    counted("labeled (ground truth)", lambda: class_counts(
-        (source.read_mask(s) for s in progress(splits.labeled, desc="class counts: labeled")), n))
-    with_masks = [s for s in splits.unlabeled if s.mask is not None]
-    if with_masks:
-        counted("unlabeled (ground truth)", lambda: class_counts(
-            (source.read_mask(s) for s in progress(with_masks, desc="class counts: unlabeled")), n))
-    for k in range(cfg.num_stages):
-        manifest = exp.store.manifest(k)
-        if manifest is None:
-            continue
-        reader = exp.store.reader(k)
-        ids = [i for part in manifest["partitions"] for i in part["ids"]]
-        counted(f"stage {k} pseudo-labels", lambda reader=reader, ids=ids, k=k: class_counts(
-            (reader.read(i)["label"] for i in progress(ids, desc=f"class counts: stage {k}")), n))
-    if cache is not None:
-        write_json(cache, out)
-    return out
 
 
 def distribution_figure(distribution: dict, title: str):
@@ -208,35 +124,3 @@ def distribution_figure(distribution: dict, title: str):
     return fig
 
 
-def write_class_distribution(cfg: DictConfig, exp: Experiment, dm, path: Path) -> Path:
-    distribution = class_distribution(cfg, exp, dm, cache=path.with_suffix(".json"))
-    fig = distribution_figure(distribution, f"{exp.dir.name}: class distribution, labeled vs pseudo-labeled pixels")
-    _save_figure(fig, path)
-    return path
-
-
-def write_pictures(cfg: DictConfig, exp: Experiment, dm) -> dict[str, Path]:
-    """qualitative.png and class_distribution.png (+ .json) in the experiment directory; rank zero only.
-
-    Pictures are a report, not a result: one that fails is logged and the others are still drawn.
-    """
-    settings = dict(cfg.get("pictures") or {})
-    if settings.get("enabled", True) is False:
-        return {}
-    device = "cpu" if str(cfg.trainer.get("accelerator", "cpu")) == "cpu" else "auto"
-    jobs = {
-        "qualitative": lambda: write_qualitative(cfg, exp, dm, exp.dir / "qualitative.png",
-                                                 int(settings.get("num_images", GRID_IMAGES)), device),
-        "class_distribution": lambda: write_class_distribution(cfg, exp, dm, exp.dir / "class_distribution.png"),
-    }
-    written = {}
-    for name, job in jobs.items():
-        try:
-            path = job()
-        except Exception:
-            log.exception("pictures: could not draw %s", name)
-            continue
-        if path is not None:
-            written[name] = path
-            log.info("pictures: wrote %s", path)
-    return written

@@ -122,8 +122,8 @@ def main() -> None:
     import lightning as L
     from omegaconf import OmegaConf
 
-    from mckd.models import build_model
-    from mckd.pipeline.orchestrator import Pipeline, model_config
+    from mckd.models import build_model, model_config
+    from mckd.pipeline.orchestrator import Pipeline
 
     work = Path(tempfile.mkdtemp(prefix="mckd-bench-label-"))
     overrides = [f"experiment_dir={work / 'exp'}", f"dataset.params.num_train={images + 40}",

@@ -37,8 +37,7 @@ def loader_rate(dm, batches: int, warmup: int) -> float:
 def step_rate(cfg, dm, device: str, batches: list[dict], repeats: int) -> float:
     import torch
 
-    from mckd.models import build_model
-    from mckd.pipeline.orchestrator import model_config
+    from mckd.models import build_model, model_config
 
     net = build_model(model_config(cfg.student, cfg.dataset.crop_size), dm.num_classes).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -83,6 +82,7 @@ def main() -> None:
     import lightning as L
     from omegaconf import OmegaConf
 
+    from mckd.layout import FINAL
     from mckd.pipeline.orchestrator import Pipeline
 
     work = Path(tempfile.mkdtemp(prefix="mckd-bench-loader-"))
@@ -98,7 +98,7 @@ def main() -> None:
     teacher_rate = loader_rate(dm, batches, args.warmup)
     print(f"teacher loader: {teacher_rate:.1f} img/s", flush=True)
     fake_stage(pipe)
-    pipe.use_pseudo_labels(dm.splits.unlabeled, pipe.exp.store.reader(0), "final")
+    pipe.use_pseudo_labels(dm.splits.unlabeled, pipe.exp.store.reader(0), FINAL)
     student_rate = loader_rate(dm, batches, args.warmup)
     print(f"student loader: {student_rate:.1f} img/s", flush=True)
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import bench_common as bc
 
@@ -28,8 +27,9 @@ def child(args) -> None:
     bc.setup(args)
     import lightning as L
 
-    from mckd.models import build_model
-    from mckd.pipeline.orchestrator import Pipeline, model_config
+    from mckd.layout import TEACHER
+    from mckd.models import build_model, model_config
+    from mckd.pipeline.orchestrator import Pipeline
 
     work = tempfile.mkdtemp(prefix="mckd-bench-memory-")
     overrides = [f"experiment_dir={work}", f"dataset.params.num_train={args.child + 8}",
@@ -42,13 +42,13 @@ def child(args) -> None:
     samples = pipe.dm.splits.unlabeled
     assert len(samples) == args.child, (len(samples), args.child)
     start = time.perf_counter()
-    pipe.label(0, [(samples, ["teacher"], [net])], {"teacher": "labeled"})
+    pipe.label(0, [(samples, [TEACHER], [net])], {TEACHER: "labeled"})
     seconds = time.perf_counter() - start
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     print("CHILD " + json.dumps({
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20,
         "children_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 2**20,
-        "seconds": seconds, "labeled": len(list((Path(work) / "pseudo_labels" / "stage0" / "labels").iterdir()))}),
+        "seconds": seconds, "labeled": len(pipe.exp.store.manifest(0)["partitions"][0]["ids"])}),
         flush=True)
 
 

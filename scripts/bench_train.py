@@ -22,6 +22,7 @@ def run_mckd(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
     import torch
     from lightning.pytorch.callbacks import Callback
 
+    from mckd.layout import TEACHER
     from mckd.modules import SegmentationModule
     from mckd.pipeline.orchestrator import Pipeline
 
@@ -38,7 +39,7 @@ def run_mckd(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
     L.seed_everything(seed, verbose=False)
     pipe = Pipeline(cfg)
     pipe.dm.use_labeled()
-    module = pipe.module(SegmentationModule, cfg.teacher, "teacher", cfg.loss)
+    module = pipe.module(SegmentationModule, cfg.teacher, TEACHER, cfg.loss)
     timer = StepTimes()
     trainer = pipe.trainer("bench-train", max_epochs=1, callbacks=[timer])
     trainer.fit(module, datamodule=pipe.dm)
@@ -55,8 +56,7 @@ def run_plain(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
     import torch
 
     from mckd.data import SegmentationDataModule
-    from mckd.models import build_model
-    from mckd.pipeline.orchestrator import model_config
+    from mckd.models import build_model, model_config
 
     L.seed_everything(seed, verbose=False)
     dm = SegmentationDataModule(cfg.dataset)

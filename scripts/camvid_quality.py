@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from mckd.pipeline.experiment import student_names
+from mckd import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [("supervised", "camvid_supervised"), ("teacher", "camvid_teacher"), ("vanilla KD", "camvid_vanilla_kd"),
@@ -53,15 +53,17 @@ def run_job(out: Path, preset: str, seed: int, extra: list[str], tag: str = "") 
 
 def copy_first_stage(src: Path, dst: Path) -> None:
     """Give K=3 the K=2 run's teacher step and first pair stage, which are the same computation (same seed)."""
-    members = student_names(1, 2)  # the presets' num_partitions
-    for rel in ("steps/teacher.json", "steps/label-stage0.json", "steps/label-stage1.json",
-                "pseudo_labels/stage0", "pseudo_labels/stage1",
-                *(f"steps/{m}.json" for m in members), *(f"checkpoints/{m}" for m in members)):
-        target = dst / rel
+    members = layout.student_names(1, 2)  # the presets' num_partitions
+    records = [layout.TEACHER, layout.label_step(0), layout.label_step(1), *members]
+    paths = [*(layout.record_path(src, step) for step in records),
+             layout.pseudo_label_dir(src),  # K=2 has stages 0 and 1 only
+             *(layout.checkpoint_dir(src, m) for m in members)]
+    for path in paths:
+        target = dst / path.relative_to(src)
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (src / rel).is_dir() else shutil.copy2)(src / rel, target)
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
 
 
 def seed_jobs(out: Path, seed: int, extra: list[str]) -> dict[str, tuple[list[str], Callable[[], object]]]:
@@ -69,7 +71,7 @@ def seed_jobs(out: Path, seed: int, extra: list[str]) -> dict[str, tuple[list[st
     def job(preset: str, *args: str, tag: str = "") -> Callable[[], Path]:
         return lambda: run_job(out, preset, seed, [*extra, *args], tag)
 
-    teacher = f"teacher.checkpoint={out / f'seed{seed}' / 'camvid_teacher' / 'checkpoints' / 'teacher' / 'best.ckpt'}"
+    teacher = f"teacher.checkpoint={layout.best_checkpoint(out / f'seed{seed}' / 'camvid_teacher', layout.TEACHER)}"
     k2, k3 = out / f"seed{seed}" / "camvid_mckd", out / f"seed{seed}" / "camvid_mckd_k3"
     # the longest chain first (teacher -> K=2 pair -> K=3 pair -> K=3 final); jobs off it fill the gaps
     jobs: dict[str, tuple[list[str], Callable[[], object]]] = {
@@ -122,19 +124,20 @@ def run_graph(jobs: dict[str, tuple[list[str], Callable[[], object]]], parallel:
 
 def row_figures(exp: Path, preset: str) -> dict | None:
     """A row's figures for one seed; None until its run has its last model."""
-    if not (exp / "results.json").is_file():
+    if not (exp / layout.RESULTS).is_file():
         return None
-    res = json.loads((exp / "results.json").read_text())
+    res = json.loads((exp / layout.RESULTS).read_text())
     if preset in ("camvid_supervised", "camvid_teacher"):
-        t = res["teacher"]
+        t = res[layout.TEACHER]
         return None if t is None else {"val_miou": t["val_miou"], "last_val_miou": t.get("last_val_miou"),
                                        "labels": [], "seconds": t["wall_time_s"]}
-    if res["final"] is None:
+    if res[layout.FINAL] is None:
         return None
-    labels = [res["teacher"]["pseudo_label_miou"]] + [s["pseudo_label_miou"] for s in res["stages"]]
+    labels = [res[layout.TEACHER]["pseudo_label_miou"]] + [s["pseudo_label_miou"] for s in res["stages"]]
     seconds = sum(s["wall_time_s"] for st in res["stages"] for s in st["students"])
-    seconds += res["final"]["wall_time_s"] + sum(st["label_wall_time_s"] or 0 for st in res["stages"])
-    return {"val_miou": res["final"]["val_miou"], "last_val_miou": res["final"].get("last_val_miou"),
+    final = res[layout.FINAL]
+    seconds += final["wall_time_s"] + sum(st["label_wall_time_s"] or 0 for st in res["stages"])
+    return {"val_miou": final["val_miou"], "last_val_miou": final.get("last_val_miou"),
             "labels": labels, "seconds": seconds}
 
 
@@ -188,8 +191,9 @@ def label_classes_table(k3_dirs: list[Path]) -> str:
     """Per-class IoU of the K=3 row's pseudo-labels at each stage (mean over seeds): which classes are lost."""
     if not k3_dirs:
         return ""
-    stages = json.loads((k3_dirs[0] / "results.json").read_text())["num_stages"]  # label stages 0..K-1
-    records = [[json.loads((d / "steps" / f"label-stage{k}.json").read_text()) for k in range(stages)] for d in k3_dirs]
+    stages = json.loads((k3_dirs[0] / layout.RESULTS).read_text())["num_stages"]  # label stages 0..K-1
+    records = [[json.loads(layout.record_path(d, layout.label_step(k)).read_text()) for k in range(stages)]
+               for d in k3_dirs]
     per_stage = [[r[k].get("pseudo_label_per_class_iou") for r in records] for k in range(len(records[0]))]
     if not per_stage or any(c is None for stage in per_stage for c in stage):
         return ""

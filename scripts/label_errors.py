@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from mckd import layout
 from mckd.data import SegmentationDataModule
 from mckd.data.source import IGNORE_INDEX
 from mckd.pipeline.store import PseudoLabelStore
@@ -74,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = OmegaConf.load(args.experiment / ".hydra" / "config.yaml")
     dm = SegmentationDataModule(cfg.dataset)
-    store = PseudoLabelStore(args.experiment / "pseudo_labels", dm.num_classes)
+    store = PseudoLabelStore(layout.pseudo_label_dir(args.experiment), dm.num_classes)
     result = error_counts(dm, store, args.stage)
     if args.frames:
         result.update(frame_gaps(store.reader(args.stage).manifest, args.frames))

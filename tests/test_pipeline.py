@@ -18,8 +18,8 @@ import mckd
 from mckd.cli import run_pipeline
 from mckd.data import Sample, SegmentationDataModule
 from mckd.data.synthetic import CLASS_NAMES
+from mckd.layout import student_names
 from mckd.modules import StudentModule
-from mckd.pipeline.experiment import student_names
 from mckd.pipeline.partition import PartitionError, partition, stage_partitions
 from mckd.pipeline.store import IncompleteStageError, PseudoLabelStore
 

@@ -18,13 +18,14 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 from test_pipeline import compose_train, smoke
 
+from mckd.atomic import atomic_write, current_umask, write_json
 from mckd.checkpoints import ClassCountError, NotACheckpointError, read_checkpoint
 from mckd.cli import run_pipeline
 from mckd.evaluate import evaluate
+from mckd.models import model_config
 from mckd.modules import SegmentationModule
-from mckd.pipeline.atomic import atomic_write, current_umask, write_json
 from mckd.pipeline.lightning_io import AtomicCheckpointIO, keep_rows_before
-from mckd.pipeline.orchestrator import Pipeline, model_config
+from mckd.pipeline.orchestrator import Pipeline
 from mckd.predict import predict
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
+from mckd.atomic import atomic_write
 from mckd.data.source import (
     IGNORE_INDEX,
     DatasetError,
@@ -22,7 +23,6 @@ from mckd.data.source import (
     require_images,
 )
 from mckd.errors import MckdError
-from mckd.pipeline.atomic import atomic_write
 from mckd.progress import progress
 
 CLASS_NAMES = (

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mckd.errors import MckdError, one_line
@@ -75,6 +76,13 @@ def resolve_input_fitted(cfg: Mapping, crop_size: Sequence[int]) -> dict:
     if out.get("decoder_atrous_rates") == "auto":
         out["decoder_atrous_rates"] = fit_atrous_rates(crop_size, int(out.get("encoder_output_stride", 16)))
     return out
+
+
+def model_config(node: Mapping, crop_size: Sequence[int]) -> dict:
+    """A `model` config node without the pipeline's own keys, its input-dependent settings fitted to `crop_size`."""
+    cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    cfg.pop("checkpoint", None)  # teacher.checkpoint: a trained teacher to load, not a network setting
+    return resolve_input_fitted(cfg, crop_size)
 
 
 def build_model(cfg: Mapping, num_classes: int) -> SegmentationNet:

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from mckd import layout
+from mckd.atomic import read_json, write_json
 from mckd.checkpoints import CheckpointError, NotACheckpointError, read_checkpoint
 from mckd.errors import MckdError
-from mckd.pipeline.atomic import read_json, write_json
 from mckd.pipeline.store import PseudoLabelStore
 
 log = logging.getLogger("mckd")
@@ -27,11 +28,6 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def student_names(stage: int, num_partitions: int) -> list[str]:
-    """stage1-a, stage1-b, ...: member i trains on partition i."""
-    return [f"stage{stage}-{chr(ord('a') + i)}" for i in range(num_partitions)]
-
-
 def set_aside(path: Path) -> Path:
     """Rename a damaged file to `<name>.corrupt-<UTC time>` beside it, kept for inspection; returns the new path."""
     aside = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
@@ -44,17 +40,17 @@ class MissingStepError(MckdError, FileNotFoundError):
 
 
 class Experiment:
-    """Paths of one experiment and its per-step records (`steps/<name>.json`, written when a step ends)."""
+    """Paths of one experiment (see mckd.layout) and its per-step records, written when a step ends."""
 
     def __init__(self, directory: str | Path, num_classes: int):
         self.dir = Path(directory)
-        self.store = PseudoLabelStore(self.dir / "pseudo_labels", num_classes)
+        self.store = PseudoLabelStore(layout.pseudo_label_dir(self.dir), num_classes)
 
     def checkpoint_dir(self, step: str) -> Path:
-        return self.dir / "checkpoints" / step
+        return layout.checkpoint_dir(self.dir, step)
 
     def last_checkpoint(self, step: str) -> Path | None:
-        last = self.checkpoint_dir(step) / "last.ckpt"
+        last = layout.last_checkpoint(self.dir, step)
         return last if last.is_file() else None
 
     def resume_checkpoint(self, step: str) -> Path | None:
@@ -76,7 +72,7 @@ class Experiment:
         return last
 
     def record_path(self, step: str) -> Path:
-        return self.dir / "steps" / f"{step}.json"
+        return layout.record_path(self.dir, step)
 
     def record(self, step: str) -> dict | None:
         path = self.record_path(step)

@@ -14,12 +14,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mckd import layout
+from mckd.atomic import read_json, write_json
 from mckd.errors import MckdError
-from mckd.pipeline.atomic import read_json, write_json
 
 log = logging.getLogger("mckd")
 
-IDENTITY_FILE = "identity.json"
 # The config keys that define an experiment. Nodes count whole, so a key added to one of them later is part
 # of the identity without being listed here.
 IDENTITY_KEYS = (
@@ -56,12 +56,12 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def identity_path(directory: str | Path) -> Path:
-    return Path(directory) / IDENTITY_FILE
+    return Path(directory) / layout.IDENTITY
 
 
 def teacher_source(directory: str | Path) -> str | None:
     """Where the experiment's recorded teacher came from: a checkpoint file, 'trained here', or None (no record)."""
-    record_file = Path(directory) / "steps" / "teacher.json"
+    record_file = layout.record_path(directory, layout.TEACHER)
     if not record_file.is_file():
         return None
     record = read_json(record_file)
@@ -95,10 +95,10 @@ def check_identity(cfg: DictConfig, directory: str | Path, warn: bool = True) ->
     if cfg.get("resume_mismatch") == "allow":
         if warn:
             log.warning("resume_mismatch=allow: continuing %s although %s (the stored %s is kept; a recorded teacher "
-                        "is kept too)", directory, describe(found), IDENTITY_FILE)
+                        "is kept too)", directory, describe(found), layout.IDENTITY)
         return
     raise ResumeMismatchError(
-        f"experiment {directory} was started with other settings ({IDENTITY_FILE}, steps/teacher.json): "
+        f"experiment {directory} was started with other settings ({layout.IDENTITY}, {layout.RECORDS}/{layout.TEACHER}.json): "
         f"{describe(found)}. "
         "Re-run with its values, choose a new experiment directory, or pass resume_mismatch=allow")
 

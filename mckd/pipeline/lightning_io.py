@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mckd.pipeline.atomic import atomic_write
+from mckd.atomic import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mckd.errors import MckdError
+from mckd.layout import lock_path
 from mckd.pipeline.experiment import is_rank_zero
 
 log = logging.getLogger("mckd")
@@ -30,10 +31,6 @@ log = logging.getLogger("mckd")
 
 class StepLockedError(MckdError, RuntimeError):
     """Another process is running (or was running) the same step of the same experiment."""
-
-
-def lock_path(directory: str | Path, step: str) -> Path:
-    return Path(directory) / "locks" / f"{step}.lock"
 
 
 def holder() -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -19,33 +18,23 @@ from omegaconf import DictConfig, OmegaConf
 from mckd.checkpoints import require_same_classes
 from mckd.data import SegmentationDataModule
 from mckd.data.source import Sample
-from mckd.models.factory import resolve_input_fitted
+from mckd.layout import BEST, FINAL, TEACHER, label_step, member_of, student_names
+from mckd.models import model_config
 from mckd.modules import Labeler, SegmentationModule, StudentModule
 from mckd.modules.segmentation import mean_iou
-from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero, student_names
+from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero
 from mckd.pipeline.identity import record_identity
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
 from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger
 from mckd.pipeline.lock import StepLockedError, one_writer
 from mckd.pipeline.partition import stage_partitions
+from mckd.pipeline.pictures import write_pictures
 from mckd.pipeline.results import write_results
 from mckd.pipeline.validate import validate
+from mckd.progress import show_progress
 from mckd.seeding import step_seed
-from mckd.visualize import write_pictures
 
 log = logging.getLogger("mckd")
-
-
-def show_progress() -> bool:
-    """Progress bars only on an interactive terminal and never under CI."""
-    return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
-
-
-def model_config(node: DictConfig, crop_size: Sequence[int]) -> dict:
-    """A `model` config node without the pipeline's own keys, its input-dependent settings fitted to `crop_size`."""
-    cfg = OmegaConf.to_container(node, resolve=True)
-    cfg.pop("checkpoint", None)
-    return resolve_input_fitted(cfg, crop_size)
 
 
 class Pipeline:
@@ -125,7 +114,7 @@ class Pipeline:
         start = time.time()
         resume = self.exp.resume_checkpoint(name)
         log.info("%s: training for %d epochs%s", name, epochs, f", resuming from {resume}" if resume else "")
-        checkpoint = ModelCheckpoint(dirpath=self.exp.checkpoint_dir(name), filename="best", monitor="val/miou",
+        checkpoint = ModelCheckpoint(dirpath=self.exp.checkpoint_dir(name), filename=BEST, monitor="val/miou",
                                      mode="max", save_last=True, enable_version_counter=False)
         module = build()
         trainer = self.trainer(name, epochs, [checkpoint])
@@ -150,16 +139,16 @@ class Pipeline:
 
     def labeled(self, stage: int) -> bool:
         """Whether stage `stage`'s pseudo-labels are complete (manifest) and evaluated (record)."""
-        done = self.exp.store.manifest(stage) is not None and self.exp.record(f"label-stage{stage}") is not None
+        done = self.exp.store.manifest(stage) is not None and self.exp.record(label_step(stage)) is not None
         if done:
-            log.info("label-stage%d: done already, skipping", stage)
+            log.info("%s: done already, skipping", label_step(stage))
         return done
 
-    @one_writer(lambda stage, *args: f"label-stage{stage}")
+    @one_writer(lambda stage, *args: label_step(stage))
     def label(self, stage: int, jobs: list[tuple[list[Sample], list[str], list]], trained_on: dict) -> None:
         """Write stage `stage`'s pseudo-labels: each job is (samples, labeler names, their networks); from stage 1
         on, blended with the previous stage's labels when `pseudo.previous_weight` > 0."""
-        name = f"label-stage{stage}"
+        name = label_step(stage)
         start = time.time()
         pseudo = self.cfg.pseudo
         previous_weight = float(pseudo.get("previous_weight") or 0.0)
@@ -199,26 +188,26 @@ class Pipeline:
             self.load_teacher(cfg.teacher.checkpoint)
         else:
             def build() -> SegmentationModule:
-                self.dm.use_labeled(seed=self.seed("teacher"))
-                return self.module(SegmentationModule, cfg.teacher, "teacher", cfg.loss)
+                self.dm.use_labeled(seed=self.seed(TEACHER))
+                return self.module(SegmentationModule, cfg.teacher, TEACHER, cfg.loss)
 
-            self.train("teacher", build, self.epochs("teacher"), trained_on="labeled")
+            self.train(TEACHER, build, self.epochs("teacher"), trained_on="labeled")
         unlabeled = self.dm.splits.unlabeled
         if unlabeled and not self.labeled(0):
-            teacher = SegmentationModule.from_checkpoint(self.checkpoint_of("teacher")).net
-            self.label(0, [(unlabeled, ["teacher"], [teacher])], {"teacher": "labeled"})
+            teacher = SegmentationModule.from_checkpoint(self.checkpoint_of(TEACHER)).net
+            self.label(0, [(unlabeled, [TEACHER], [teacher])], {TEACHER: "labeled"})
 
-    @one_writer(lambda path: "teacher")
+    @one_writer(lambda path: TEACHER)
     def load_teacher(self, path: str) -> None:
         """Use a trained teacher instead of training one: evaluate it and record it as the teacher step."""
-        if self.exp.record("teacher") is not None:
+        if self.exp.record(TEACHER) is not None:
             return
         start = time.time()
         module = SegmentationModule.from_checkpoint(path)
         require_same_classes(path, module.hparams.num_classes, self.cfg.dataset.name, self.dm.num_classes)
-        record = {"name": "teacher", **self.evaluate(self.trainer("teacher"), module, None),
+        record = {"name": TEACHER, **self.evaluate(self.trainer(TEACHER), module, None),
                   "checkpoint": os.path.abspath(path), "trained_on": "loaded", "wall_time_s": round(time.time() - start, 1)}
-        self.exp.save_record("teacher", record)
+        self.exp.save_record(TEACHER, record)
         barrier()
 
     def partitions(self, stage: int) -> list[list[Sample]]:
@@ -233,7 +222,7 @@ class Pipeline:
         names = student_names(stage, cfg.num_partitions)
         labels = self.exp.store.reader(stage - 1)
         for i, name in enumerate(names):
-            if cfg.member is not None and name.split("-")[1] != str(cfg.member):
+            if cfg.member is not None and member_of(name) != str(cfg.member):
                 continue
             previous = student_names(stage - 1, cfg.num_partitions)[i] if stage > 1 else None
             init = self.checkpoint_of(previous) if cfg.warm_start and previous else None
@@ -274,10 +263,10 @@ class Pipeline:
         labels = self.exp.store.reader(self.cfg.num_stages - 1)
 
         def build() -> StudentModule:
-            self.use_pseudo_labels(self.dm.splits.unlabeled, labels, "final")
-            return self.student("final")
+            self.use_pseudo_labels(self.dm.splits.unlabeled, labels, FINAL)
+            return self.student(FINAL)
 
-        self.train("final", build, self.epochs("final"), trained_on="all")
+        self.train(FINAL, build, self.epochs("final"), trained_on="all")
 
     def run(self) -> dict | None:
         stage = self.cfg.stage

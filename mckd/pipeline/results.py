@@ -6,8 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mckd.pipeline.atomic import atomic_write, write_json
-from mckd.pipeline.experiment import Experiment, student_names
+from mckd.atomic import atomic_write, write_json
+from mckd.layout import FINAL, PICTURES, RESULTS, RESULTS_TABLE, TEACHER, label_step, student_names
+from mckd.pipeline.experiment import Experiment
 
 MODEL_KEYS = ("val_miou", "test_miou", "last_val_miou", "last_test_miou", "per_class_iou", "wall_time_s", "checkpoint")
 
@@ -19,13 +20,13 @@ def _model_entry(record: dict | None) -> dict | None:
 
 
 def _pseudo(exp: Experiment, stage: int) -> tuple[float | None, float | None]:
-    record = exp.record(f"label-stage{stage}")
+    record = exp.record(label_step(stage))
     return (None, None) if record is None else (record["pseudo_label_miou"], record["wall_time_s"])
 
 
 def collect_results(cfg: DictConfig, exp: Experiment) -> dict:
     """Every finished step's figures; null where a step has not run or there is no ground truth."""
-    teacher = _model_entry(exp.record("teacher"))
+    teacher = _model_entry(exp.record(TEACHER))
     if teacher is not None:
         teacher["pseudo_label_miou"], teacher["label_wall_time_s"] = _pseudo(exp, 0)
     stages = []
@@ -39,9 +40,9 @@ def collect_results(cfg: DictConfig, exp: Experiment) -> dict:
         if students:
             miou, seconds = _pseudo(exp, k)
             stages.append({"stage": k, "students": students, "pseudo_label_miou": miou, "label_wall_time_s": seconds})
-    final = _model_entry(exp.record("final"))
+    final = _model_entry(exp.record(FINAL))
     return {"experiment": exp.dir.name, "dataset": cfg.dataset.name, "num_stages": cfg.num_stages,
-            "num_partitions": cfg.num_partitions, "teacher": teacher, "stages": stages, "final": final}
+            "num_partitions": cfg.num_partitions, TEACHER: teacher, "stages": stages, FINAL: final}
 
 
 def _fmt(value: float | None) -> str:
@@ -56,25 +57,25 @@ def _seconds(*values: float | None) -> str:
 def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
     """(step, val mIoU, test mIoU, pseudo-label mIoU, seconds) per model, in pipeline order."""
     rows = []
-    if (t := results.get("teacher")) is not None:
-        rows.append(("teacher", _fmt(t["val_miou"]), _fmt(t["test_miou"]), _fmt(t["pseudo_label_miou"]),
+    if (t := results.get(TEACHER)) is not None:
+        rows.append((TEACHER, _fmt(t["val_miou"]), _fmt(t["test_miou"]), _fmt(t["pseudo_label_miou"]),
                      _seconds(t["wall_time_s"], t["label_wall_time_s"])))
     for stage in results["stages"]:
         for s in stage["students"]:
             rows.append((s["name"], _fmt(s["val_miou"]), _fmt(s["test_miou"]), "", _seconds(s["wall_time_s"])))
         rows.append((f"stage{stage['stage']} labels", "", "", _fmt(stage["pseudo_label_miou"]),
                      _seconds(stage["label_wall_time_s"])))
-    if (f := results.get("final")) is not None:
-        rows.append(("final", _fmt(f["val_miou"]), _fmt(f["test_miou"]), "", _seconds(f["wall_time_s"])))
+    if (f := results.get(FINAL)) is not None:
+        rows.append((FINAL, _fmt(f["val_miou"]), _fmt(f["test_miou"]), "", _seconds(f["wall_time_s"])))
     return rows
 
 
 def verdicts(results: dict) -> list[str]:
     """One line per stage: did the pseudo-labels and the models improve on the previous stage?"""
     lines = []
-    teacher = results.get("teacher") or {}
+    teacher = results.get(TEACHER) or {}
     prev_labels, prev_val = teacher.get("pseudo_label_miou"), teacher.get("val_miou")
-    prev_name = "teacher"
+    prev_name = TEACHER
     for stage in results["stages"]:
         labels = stage["pseudo_label_miou"]
         vals = [s["val_miou"] for s in stage["students"]]
@@ -86,7 +87,7 @@ def verdicts(results: dict) -> list[str]:
             lines.append(f"stage {stage['stage']} students' mean val mIoU vs {prev_name}: {prev_val:.4f} -> {val:.4f} "
                          f"({val - prev_val:+.4f})")
         prev_labels, prev_val, prev_name = labels, val, f"stage {stage['stage']}"
-    final = results.get("final")
+    final = results.get(FINAL)
     if final is not None and prev_val is not None:
         lines.append(f"final student val mIoU vs {prev_name}: {prev_val:.4f} -> {final['val_miou']:.4f} "
                      f"({final['val_miou'] - prev_val:+.4f})")
@@ -113,8 +114,8 @@ def plot_stages(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names, val, labels = [], [], []
-    if (t := results.get("teacher")) is not None:
-        names.append("teacher")
+    if (t := results.get(TEACHER)) is not None:
+        names.append(TEACHER)
         val.append(t["val_miou"])
         labels.append(t["pseudo_label_miou"])
     for stage in results["stages"]:
@@ -122,8 +123,8 @@ def plot_stages(results: dict, path: Path) -> None:
         vals = [s["val_miou"] for s in stage["students"]]
         val.append(sum(vals) / len(vals))
         labels.append(stage["pseudo_label_miou"])
-    if (f := results.get("final")) is not None:
-        names.append("final")
+    if (f := results.get(FINAL)) is not None:
+        names.append(FINAL)
         val.append(f["val_miou"])
         labels.append(None)
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -144,10 +145,10 @@ def plot_stages(results: dict, path: Path) -> None:
 def write_results(cfg: DictConfig, exp: Experiment) -> dict:
     """Write results.json, results.md and stages.png at the experiment root; returns the results."""
     results = collect_results(cfg, exp)
-    write_json(exp.dir / "results.json", results)
+    write_json(exp.dir / RESULTS, results)
     markdown = results_markdown(results)
-    atomic_write(exp.dir / "results.md", lambda f: f.write(markdown.encode()))
-    if results["teacher"] is not None:
-        plot_stages(results, exp.dir / "stages.png")
+    atomic_write(exp.dir / RESULTS_TABLE, lambda f: f.write(markdown.encode()))
+    if results[TEACHER] is not None:
+        plot_stages(results, exp.dir / PICTURES["stages"])
     print(markdown)
     return results

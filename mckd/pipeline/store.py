@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mckd.atomic import atomic_write, png_bytes, read_json, write_json
 from mckd.errors import MckdError
-from mckd.pipeline.atomic import atomic_write, png_bytes, read_json, write_json
 
 
 class IncompleteStageError(MckdError, RuntimeError):

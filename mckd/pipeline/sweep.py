@@ -9,17 +9,18 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mckd.pipeline.atomic import atomic_write, write_json
+from mckd.atomic import atomic_write, write_json
+from mckd.layout import FINAL, OVERRIDES, RESULTS, TEACHER
 
 
 def summarize_sweep(sweep_dir: Path) -> list[dict]:
     """One row per job directory that holds a results.json; writes summary.json and summary.md."""
     rows = []
-    for path in sorted(sweep_dir.glob("*/results.json")):
+    for path in sorted(sweep_dir.glob(f"*/{RESULTS}")):
         res = json.loads(path.read_text())
-        overrides_file = path.parent / ".hydra" / "overrides.yaml"
+        overrides_file = path.parent / OVERRIDES
         overrides = overrides_file.read_text().replace("\n- ", " ").lstrip("- ").strip() if overrides_file.is_file() else ""
-        teacher, final = res.get("teacher") or {}, res.get("final") or {}
+        teacher, final = res.get(TEACHER) or {}, res.get(FINAL) or {}
         stages = res.get("stages") or []
         rows.append({"job": path.parent.name, "overrides": overrides, "teacher_val_miou": teacher.get("val_miou"),
                      "final_val_miou": final.get("val_miou"),

@@ -338,8 +338,7 @@ def check_dataset(cfg: DictConfig) -> int:
 def check_models(cfg: DictConfig, num_classes: int) -> None:
     """Build the student (and the teacher, unless it is loaded) on the CPU once."""
     # torch and Lightning load here, once the checks that need neither have passed
-    from mckd.models import ModelConfigError, build_model
-    from mckd.pipeline.orchestrator import model_config
+    from mckd.models import ModelConfigError, build_model, model_config
 
     nodes = ["student"] if cfg.teacher.get("checkpoint") else ["teacher", "student"]
     for node in nodes:
@@ -351,10 +350,11 @@ def check_models(cfg: DictConfig, num_classes: int) -> None:
 
 def check_teacher_checkpoint(path: str, dataset: str, num_classes: int) -> None:
     """`teacher.checkpoint` loads (mckd.checkpoints owns what a checkpoint is) and predicts the dataset's classes."""
-    from mckd.checkpoints import CheckpointError, ModelRef, load_module, require_same_classes
+    from mckd.checkpoints import CheckpointError, require_same_classes
+    from mckd.modules import SegmentationModule
 
     try:
-        module = load_module(ModelRef(Path(path).expanduser()))
+        module = SegmentationModule.from_checkpoint(str(Path(path).expanduser()))
     except CheckpointError as err:
         raise ConfigError(f"teacher.checkpoint={path}: {err}") from None
     require_same_classes(path, module.hparams.num_classes, dataset, num_classes)

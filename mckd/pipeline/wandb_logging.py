@@ -31,10 +31,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from mckd.atomic import read_json, write_json
 from mckd.data.source import IGNORE_INDEX
-from mckd.pipeline.atomic import read_json, write_json
+from mckd.layout import FINAL, PICTURES, TEACHER, label_step
 from mckd.pipeline.experiment import Experiment, is_rank_zero
-from mckd.visualize import model_steps
+from mckd.pipeline.pictures import model_steps
 
 log = logging.getLogger("mckd")
 PSEUDO_LABEL_JOB = "pseudo-label"
@@ -221,13 +222,13 @@ class WandbTracker:
                 run.summary[f"pseudo_label/stage{stage}_miou"] = miou
             columns, rows = self.summary_rows()
             run.log({"results": wandb.Table(columns=columns, data=rows)})
-            for name in ("teacher", "final"):
+            for name in (TEACHER, FINAL):
                 if (entry := results.get(name)) is not None:
                     run.summary[f"{name}/val_miou"] = entry["val_miou"]
             pictures = {f"pictures/{p.stem}": wandb.Image(str(p)) for p in
-                        (self.exp.dir / n for n in ("stages.png", "qualitative.png", "class_distribution.png"))
+                        (self.exp.dir / n for n in PICTURES.values())
                         if p.is_file()}
-            distribution = self.exp.dir / "class_distribution.json"
+            distribution = (self.exp.dir / PICTURES["class_distribution"]).with_suffix(".json")
             if distribution.is_file():
                 data = read_json(distribution)
                 pictures["class_distribution"] = wandb.Table(
@@ -242,7 +243,7 @@ class WandbTracker:
     def pseudo_label_mious(results: dict) -> list[tuple[int, float]]:
         """(stage, pseudo-label mIoU) of every labeled stage with ground truth: 0 = the teacher's labels."""
         out = []
-        teacher = results.get("teacher") or {}
+        teacher = results.get(TEACHER) or {}
         if teacher.get("pseudo_label_miou") is not None:
             out.append((0, teacher["pseudo_label_miou"]))
         out += [(s["stage"], s["pseudo_label_miou"]) for s in results.get("stages", [])
@@ -256,8 +257,8 @@ class WandbTracker:
                    *(f"iou/{c}" for c in classes)]
         rows = []
         for name, _, record in model_steps(self.cfg, self.exp):
-            stage = 0 if name == "teacher" else self.cfg.num_stages if name == "final" else int(record.get("stage", 0))
-            labels = None if name == "final" else self.exp.record(f"label-stage{stage}")
+            stage = 0 if name == TEACHER else self.cfg.num_stages if name == FINAL else int(record.get("stage", 0))
+            labels = None if name == FINAL else self.exp.record(label_step(stage))
             per_class = record.get("per_class_iou") or {}
             rows.append([name, stage, record.get("val_miou"), record.get("test_miou"),
                          None if labels is None else labels.get("pseudo_label_miou"), record.get("wall_time_s"),

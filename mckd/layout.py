@@ -1,0 +1,103 @@
+"""The names of an experiment's steps and where each artifact lives in its directory: the one place that spells them.
+
+Every other module, the scripts and the tests ask this one; renaming a step or a folder here renames it everywhere.
+
+    <experiment>/
+      .hydra/config.yaml           the composed config (Hydra)
+      identity.json                what the experiment's figures depend on (pipeline/identity.py)
+      steps/<step>.json            a step's record, written when the step ends
+      checkpoints/<step>/          best.ckpt and last.ckpt of a model step
+      pseudo_labels/stage<k>/      stage k's labels, confidences and manifest (pipeline/store.py)
+      logs/<step>/                 Lightning's CSV logs
+      locks/<step>.lock            held by the process writing the step
+      results.json, results.md     the summary of every step (pipeline/results.py)
+      stages.png, qualitative.png, class_distribution.png    the pictures (visualize.py)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+TEACHER = "teacher"
+FINAL = "final"
+LABEL_PREFIX = "label-stage"
+
+CONFIG = Path(".hydra") / "config.yaml"
+OVERRIDES = Path(".hydra") / "overrides.yaml"
+IDENTITY = "identity.json"
+RECORDS = "steps"
+CHECKPOINTS = "checkpoints"
+PSEUDO_LABELS = "pseudo_labels"
+LOGS = "logs"
+LOCKS = "locks"
+RESULTS = "results.json"
+RESULTS_TABLE = "results.md"
+BEST = "best"  # ModelCheckpoint's file name (without .ckpt) for the best validation epoch
+LAST = "last.ckpt"  # Lightning's name for the checkpoint of the last epoch, resumed from
+PICTURES = {"stages": "stages.png", "qualitative": "qualitative.png", "class_distribution": "class_distribution.png"}
+
+_STUDENT = re.compile(r"^stage(\d+)-([a-z])$")
+
+
+def student_names(stage: int, num_partitions: int) -> list[str]:
+    """stage1-a, stage1-b, ...: member i of pair stage `stage` trains on partition i."""
+    return [f"stage{stage}-{chr(ord('a') + i)}" for i in range(num_partitions)]
+
+
+def member_of(step: str) -> str | None:
+    """The member letter of a pair student (`stage1-b` -> `b`); None for any other step."""
+    match = _STUDENT.match(step)
+    return match.group(2) if match else None
+
+
+def label_step(stage: int) -> str:
+    """The step that writes stage `stage`'s pseudo-labels (stage 0: the teacher's)."""
+    return f"{LABEL_PREFIX}{stage}"
+
+
+def is_label_step(step: str) -> bool:
+    return step.startswith(LABEL_PREFIX)
+
+
+def model_steps(num_stages: int, num_partitions: int) -> list[str]:
+    """The steps that train a model, in the order they run: teacher, each pair stage's members, final."""
+    students = [name for k in range(1, num_stages) for name in student_names(k, num_partitions)]
+    return [TEACHER, *students, FINAL]
+
+
+def all_steps(num_stages: int, num_partitions: int) -> list[str]:
+    """Every step in the order it runs, labeling included."""
+    steps = [TEACHER, label_step(0)]
+    for k in range(1, num_stages):
+        steps += [*student_names(k, num_partitions), label_step(k)]
+    return [*steps, FINAL]
+
+
+def record_path(experiment: str | Path, step: str) -> Path:
+    return Path(experiment) / RECORDS / f"{step}.json"
+
+
+def checkpoint_dir(experiment: str | Path, step: str) -> Path:
+    return Path(experiment) / CHECKPOINTS / step
+
+
+def best_checkpoint(experiment: str | Path, step: str) -> Path:
+    return checkpoint_dir(experiment, step) / f"{BEST}.ckpt"
+
+
+def last_checkpoint(experiment: str | Path, step: str) -> Path:
+    return checkpoint_dir(experiment, step) / LAST
+
+
+def lock_path(experiment: str | Path, step: str) -> Path:
+    return Path(experiment) / LOCKS / f"{step}.lock"
+
+
+def pseudo_label_dir(experiment: str | Path) -> Path:
+    return Path(experiment) / PSEUDO_LABELS
+
+
+def finished_model_steps(experiment: str | Path) -> list[str]:
+    """The model steps (labeling excluded) whose records exist."""
+    return sorted(path.stem for path in (Path(experiment) / RECORDS).glob("*.json") if not is_label_step(path.stem))
