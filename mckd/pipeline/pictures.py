@@ -104,7 +104,7 @@ def write_pictures(cfg: DictConfig, exp: Experiment, dm) -> dict[str, Path]:
 
     Pictures are a report, not a result: one that fails is logged and the others are still drawn.
     """
-    settings = dict(cfg.get("pictures") or {})
+    settings = dict(cfg.get("pictures") or {})  # an experiment's saved config from before pictures was declared
     if settings.get("enabled", True) is False:
         return {}
     device = "cpu" if str(cfg.trainer.get("accelerator", "cpu")) == "cpu" else "auto"

@@ -149,6 +149,8 @@ RULES: dict[str, Rule] = {
     "student_aug.cutmix_prob": fraction(),
     "train.teacher_epochs": integer(1),
     "train.student_ratio": number(positive=True),
+    "pictures.enabled": boolean(),
+    "pictures.num_images": integer(1),
     "eval.flip": boolean(),
     "eval.window": optional(size()),
     "eval.stride": optional(size()),
