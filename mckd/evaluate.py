@@ -26,10 +26,11 @@ from mckd.checkpoints import (
 )
 from mckd.data import IGNORE_INDEX, SegmentationDataModule
 from mckd.errors import MckdError
-from mckd.modules.inference import class_probs, predictions_and_truth
+from mckd.modules.inference import InferenceSettings, class_probs, predictions_and_truth
 from mckd.modules.segmentation import SegmentationModule, iou_metric, mean_iou
 from mckd.pipeline.experiment import is_rank_zero
 from mckd.progress import show_progress
+from mckd.report import markdown_table, score
 
 log = logging.getLogger("mckd")
 SPLITS = ("val", "test")
@@ -76,18 +77,13 @@ def _number(value: torch.Tensor | float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def results_table(result: dict) -> str:
     """The per-class table and the summary line, as Markdown."""
-    lines = ["| class | IoU | accuracy | pixels |", "| --- | ---: | ---: | ---: |"]
-    for name, iou in result["per_class_iou"].items():
-        lines.append(f"| {name} | {_fmt(iou)} | {_fmt(result['per_class_accuracy'][name])} | "
-                     f"{result['class_pixels'][name]} |")
-    lines += ["", f"mIoU {_fmt(result['miou'])}   pixel accuracy {_fmt(result['pixel_accuracy'])}   "
-                  f"mean class accuracy {_fmt(result['mean_accuracy'])}"]
+    rows = [(name, score(iou), score(result["per_class_accuracy"][name]), result["class_pixels"][name])
+            for name, iou in result["per_class_iou"].items()]
+    lines = markdown_table(("class", "IoU", "accuracy", "pixels"), rows, right=(1, 2, 3))
+    lines += ["", f"mIoU {score(result['miou'])}   pixel accuracy {score(result['pixel_accuracy'])}   "
+                  f"mean class accuracy {score(result['mean_accuracy'])}"]
     return "\n".join(lines)
 
 
@@ -113,10 +109,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     samples = dm.splits.val if cfg.split == "val" else dm.splits.test
     if not samples:
         raise EvalConfigError(f"dataset {dataset.name} has no {cfg.split} images (split={cfg.split})")
-    trained = module.inference
-    flip = bool(trained.get("flip", False) if cfg.flip is None else cfg.flip)
-    window = trained.get("window") if cfg.window is None else list(cfg.window)
-    stride = (trained.get("stride") if cfg.stride is None else list(cfg.stride)) or window
+    settings = InferenceSettings.resolve(module.inference, cfg.flip, cfg.window, cfg.stride)
+    flip, window, stride = settings.flip, settings.window, settings.stride
     evaluator = Evaluator(module, dm.num_classes, flip, window, stride)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=show_progress(),
                         enable_model_summary=False, **OmegaConf.to_container(cfg.trainer, resolve=True))

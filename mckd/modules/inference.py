@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Flip TTA and sliding window (stride defaults to the window) for validation, mckd-eval and prediction."""
+
+    flip: bool = False
+    window: list[int] | None = None
+    stride: list[int] | None = None
+
+    @classmethod
+    def resolve(cls, trained: Mapping, flip: bool | None = None, window: Sequence[int] | None = None,
+                stride: Sequence[int] | None = None) -> InferenceSettings:
+        """The settings given, each one left None taken from `trained` (a checkpoint's validation settings)."""
+        window = trained.get("window") if window is None else list(window)
+        stride = (trained.get("stride") if stride is None else list(stride)) or window
+        return cls(bool(trained.get("flip", False) if flip is None else flip), window, stride)
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mckd.data.transforms import as_tv, eval_transform
-from mckd.modules.inference import class_probs, per_sample_labels
+from mckd.modules.inference import InferenceSettings, class_probs, per_sample_labels
 from mckd.modules.segmentation import SegmentationModule
 
 
@@ -30,10 +30,8 @@ class Predictor:
                  device: str | torch.device | None = "auto"):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.module = module.eval().to(self.device)
-        settings = module.inference
-        self.flip = bool(settings.get("flip", False) if flip is None else flip)
-        self.window = settings.get("window") if window is None else window
-        self.stride = (settings.get("stride") if stride is None else stride) or self.window
+        settings = InferenceSettings.resolve(module.inference, flip, window, stride)
+        self.flip, self.window, self.stride = settings.flip, settings.window, settings.stride
         self.transform = transform or eval_transform(None)
 
     @classmethod

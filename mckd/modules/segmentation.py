@@ -12,7 +12,13 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from mckd.checkpoints import first_sentence, not_a_checkpoint, read_checkpoint
 from mckd.data.source import IGNORE_INDEX
 from mckd.models import build_model
-from mckd.modules.inference import class_probs, per_sample_labels, predictions_and_truth, stored_probs
+from mckd.modules.inference import (
+    InferenceSettings,
+    class_probs,
+    per_sample_labels,
+    predictions_and_truth,
+    stored_probs,
+)
 from mckd.modules.losses import SegmentationLoss
 from mckd.seeding import derive_seed
 
@@ -76,9 +82,13 @@ class SegmentationModule(L.LightningModule):
         self.log("train/lr", torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=n)
         return parts["loss"]
 
+    def eval_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities with this model's validation settings (flip TTA, sliding window)."""
+        settings = InferenceSettings.resolve(self.inference)
+        return class_probs([self], images, settings.flip, settings.window, settings.stride)
+
     def _eval_step(self, batch: dict, metric: MulticlassJaccardIndex) -> None:
-        probs = class_probs([self], batch["image"], flip=self.inference.get("flip", False),
-                            window=self.inference.get("window"), stride=self.inference.get("stride"))
+        probs = self.eval_probs(batch["image"])
         for prediction, truth in predictions_and_truth(probs, batch):
             metric.update(prediction, truth)
 
@@ -102,8 +112,7 @@ class SegmentationModule(L.LightningModule):
         self._log_iou("test", self.test_iou)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        probs = class_probs([self], batch["image"], flip=self.inference.get("flip", False),
-                            window=self.inference.get("window"), stride=self.inference.get("stride"))
+        probs = self.eval_probs(batch["image"])
         return per_sample_labels(probs, batch, self.inference.get("soft_topk", 0))
 
     def configure_optimizers(self):

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from mckd.atomic import atomic_write, write_json
 from mckd.layout import FINAL, PICTURES, RESULTS, RESULTS_TABLE, TEACHER, label_step, student_names
 from mckd.pipeline.experiment import Experiment
+from mckd.report import markdown_table, score
 
 MODEL_KEYS = ("val_miou", "test_miou", "last_val_miou", "last_test_miou", "per_class_iou", "wall_time_s", "checkpoint")
 
@@ -45,10 +46,6 @@ def collect_results(cfg: DictConfig, exp: Experiment) -> dict:
             "num_partitions": cfg.num_partitions, TEACHER: teacher, "stages": stages, FINAL: final}
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def _seconds(*values: float | None) -> str:
     known = [v for v in values if v is not None]
     return "-" if not known else f"{sum(known):.0f}"
@@ -58,15 +55,15 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
     """(step, val mIoU, test mIoU, pseudo-label mIoU, seconds) per model, in pipeline order."""
     rows = []
     if (t := results.get(TEACHER)) is not None:
-        rows.append((TEACHER, _fmt(t["val_miou"]), _fmt(t["test_miou"]), _fmt(t["pseudo_label_miou"]),
+        rows.append((TEACHER, score(t["val_miou"]), score(t["test_miou"]), score(t["pseudo_label_miou"]),
                      _seconds(t["wall_time_s"], t["label_wall_time_s"])))
     for stage in results["stages"]:
         for s in stage["students"]:
-            rows.append((s["name"], _fmt(s["val_miou"]), _fmt(s["test_miou"]), "", _seconds(s["wall_time_s"])))
-        rows.append((f"stage{stage['stage']} labels", "", "", _fmt(stage["pseudo_label_miou"]),
+            rows.append((s["name"], score(s["val_miou"]), score(s["test_miou"]), "", _seconds(s["wall_time_s"])))
+        rows.append((f"stage{stage['stage']} labels", "", "", score(stage["pseudo_label_miou"]),
                      _seconds(stage["label_wall_time_s"])))
     if (f := results.get(FINAL)) is not None:
-        rows.append((FINAL, _fmt(f["val_miou"]), _fmt(f["test_miou"]), "", _seconds(f["wall_time_s"])))
+        rows.append((FINAL, score(f["val_miou"]), score(f["test_miou"]), "", _seconds(f["wall_time_s"])))
     return rows
 
 
@@ -98,10 +95,10 @@ def verdicts(results: dict) -> list[str]:
 
 
 def results_markdown(results: dict) -> str:
-    head = ["| step | val mIoU | test mIoU | pseudo-label mIoU | seconds |", "| --- | ---: | ---: | ---: | ---: |"]
-    body = [f"| {' | '.join(row)} |" for row in summary_rows(results)]
+    table = markdown_table(("step", "val mIoU", "test mIoU", "pseudo-label mIoU", "seconds"), summary_rows(results),
+                           right=(1, 2, 3, 4))
     lines = [f"# {results['experiment']} ({results['dataset']}, K={results['num_stages']}, "
-             f"N={results['num_partitions']})", "", *head, *body, ""]
+             f"N={results['num_partitions']})", "", *table, ""]
     lines += [f"- {v}" for v in verdicts(results)]
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from mckd.atomic import atomic_write, write_json
 from mckd.layout import FINAL, OVERRIDES, RESULTS, TEACHER
+from mckd.report import markdown_table, score
 
 
 def summarize_sweep(sweep_dir: Path) -> list[dict]:
@@ -27,13 +28,10 @@ def summarize_sweep(sweep_dir: Path) -> list[dict]:
                      "pseudo_label_miou": [teacher.get("pseudo_label_miou")] + [s["pseudo_label_miou"] for s in stages]})
     write_json(sweep_dir / "summary.json", rows)
 
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.4f}"
-
-    lines = ["| job | overrides | teacher val mIoU | final val mIoU | pseudo-label mIoU by stage |",
-             "| --- | --- | ---: | ---: | --- |"]
-    lines += [f"| {r['job']} | {r['overrides']} | {fmt(r['teacher_val_miou'])} | {fmt(r['final_val_miou'])} | "
-              f"{' -> '.join(fmt(v) for v in r['pseudo_label_miou'])} |" for r in rows]
+    lines = markdown_table(
+        ("job", "overrides", "teacher val mIoU", "final val mIoU", "pseudo-label mIoU by stage"),
+        [(r["job"], r["overrides"], score(r["teacher_val_miou"]), score(r["final_val_miou"]),
+          " -> ".join(score(v) for v in r["pseudo_label_miou"])) for r in rows], right=(2, 3))
     text = "\n".join(lines) + "\n"
     atomic_write(sweep_dir / "summary.md", lambda f: f.write(text.encode()))
     print(text)
