@@ -8,6 +8,7 @@ from collections import defaultdict
 import numpy as np
 
 from mckd.data.source import Sample
+from mckd.data.splits import shuffled
 from mckd.errors import MckdError
 
 
@@ -20,10 +21,9 @@ def partition(samples: list[Sample], num_partitions: int, seed: int) -> list[lis
     if num_partitions < 1 or num_partitions > len(samples):
         raise PartitionError(f"num_partitions={num_partitions}: expected 1..{len(samples)} (the unlabeled split "
                              f"has {len(samples)} images)")
-    ordered = sorted(samples, key=lambda s: s.id)
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    return [sorted((ordered[i] for i in chunk), key=lambda s: s.id)
-            for chunk in np.array_split(order, num_partitions)]
+    order = shuffled(samples, seed)
+    return [sorted((order[i] for i in chunk), key=lambda s: s.id)
+            for chunk in np.array_split(np.arange(len(order)), num_partitions)]
 
 
 def group_key(sample_id: str, pattern: str) -> str:
