@@ -21,7 +21,7 @@ KEYS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(KEYS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "memory" else n for n in sorted(KEYS)])
 def test_benchmark_quick(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}

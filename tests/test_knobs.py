@@ -125,7 +125,8 @@ def test_student_epochs_default_to_the_teachers_times_the_ratio(tmp_path):
     assert (pipe.epochs("teacher"), pipe.epochs("student"), pipe.epochs("final")) == (10, 15, 4)
 
 
-@pytest.mark.parametrize("extra", [(), ("pseudo.soft_topk=2", "student_loss.soft_weight=1")])
+@pytest.mark.parametrize("extra", [(), pytest.param(("pseudo.soft_topk=2", "student_loss.soft_weight=1"),
+                                                    marks=pytest.mark.slow)])
 def test_smoke_pipeline_with_every_knob_on(tmp_path, extra):
     results = smoke(tmp_path / "exp", *STRONG, "labeled_fraction=0.5", "train.student_ratio=2",
                     "pseudo.scales=[0.75,1.0,1.5]", "pseudo.previous_weight=0.3", "num_stages=3",

@@ -175,7 +175,7 @@ def check_cross_labeling(exp: Path, num_stages: int, num_partitions: int) -> Non
                 assert not trained_ids[name] & set(part["ids"]), f"{name} labels samples it trained on"
 
 
-@pytest.mark.parametrize("num_stages, num_partitions", [(2, 2), (3, 3)])
+@pytest.mark.parametrize("num_stages, num_partitions", [(2, 2), pytest.param(3, 3, marks=pytest.mark.slow)])
 def test_end_to_end(tmp_path, num_stages, num_partitions):
     exp = tmp_path / "exp"
     res = smoke(exp, f"num_stages={num_stages}", f"num_partitions={num_partitions}")
@@ -252,6 +252,7 @@ def test_resume_after_failure_skips_finished_steps(tmp_path, monkeypatch, caplog
     assert "training for" not in caplog.text and "labels" not in caplog.text.replace("pseudo-labels", "")
 
 
+@pytest.mark.slow  # the default suite runs members as parallel processes in test_reproducible.py
 def test_pair_members_as_separate_jobs(tmp_path):
     exp = tmp_path / "exp"
     smoke(exp, "stage=teacher")

@@ -147,7 +147,9 @@ def test_standard_settings(name: str, tmp_path: Path) -> None:
 WHOLE_PIPELINE = ("cityscapes_1_16", "coco_1_512")  # one per family; the networks are the same in a family
 
 
-@pytest.mark.parametrize("name", CITYSCAPES + COCO)
+# the default suite runs one whole pipeline per family; the other presets' teachers are `slow`
+@pytest.mark.parametrize("name", [name if name in WHOLE_PIPELINE else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in CITYSCAPES + COCO])
 def test_preset_smoke(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     root = request.getfixturevalue("cityscapes_root" if name.startswith("cityscapes") else "coco_root")
     exp = tmp_path / "exp"

@@ -72,6 +72,7 @@ def test_docs_table_is_replaced_between_its_markers(tmp_path: Path) -> None:
     assert docs.read_text() == f"# B\n\nbefore\n{camvid_quality.BEGIN}\nnew table\n{camvid_quality.END}\nafter\n"
 
 
+@pytest.mark.slow
 def test_whole_table_on_generated_camvid(tmp_path: Path) -> None:
     """Every row's runs (pair members as separate processes, K=3 from K=2's first stage) and the docs table."""
     make_camvid(tmp_path / "data" / "camvid", n_train=16, n_val=4)
