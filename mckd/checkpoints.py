@@ -126,7 +126,7 @@ def require(cfg: DictConfig, *keys: str) -> None:
             raise CheckpointError(f"{key} is not set: pass {key}=PATH")
 
 
-def resolve_model(path: str | None, step: str = "final") -> ModelRef:
+def resolve_model(path: str | None, step: str = layout.FINAL) -> ModelRef:
     """The checkpoint that `checkpoint=path` (and `step=`) means; CheckpointError says why there is none."""
     if not path:
         raise CheckpointError("checkpoint is not set: pass checkpoint=PATH (a .ckpt file or an experiment directory)")

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mckd.layout import CLI_LOG
+
 log = logging.getLogger("mckd")
-CLI_LOG = "cli.log"
 USER_ERROR_EXIT = 2
 # the job log's format (Hydra's default), for errors reported before Hydra has set up logging
 LINE_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"

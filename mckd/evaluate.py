@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from mckd import layout
 from mckd.atomic import write_json
 from mckd.checkpoints import (
     ModelRef,
@@ -91,7 +92,7 @@ def default_output(ref: ModelRef, split: str, flip: bool, window) -> Path:
     """`<exp>/eval/<step>-<split>[-flip][-window].json`, or beside a checkpoint that has no experiment."""
     suffix = split + ("-flip" if flip else "") + ("-window" if window else "")
     if ref.experiment is not None:
-        return ref.experiment / "eval" / f"{ref.label}-{suffix}.json"
+        return ref.experiment / layout.EVAL / f"{ref.label}-{suffix}.json"
     return ref.checkpoint.with_name(f"{ref.checkpoint.stem}-{suffix}-eval.json")
 
 

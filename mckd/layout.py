@@ -11,7 +11,13 @@ Every other module, the scripts and the tests ask this one; renaming a step or a
       logs/<step>/                 Lightning's CSV logs
       locks/<step>.lock            held by the process writing the step
       results.json, results.md     the summary of every step (pipeline/results.py)
-      stages.png, qualitative.png, class_distribution.png    the pictures (visualize.py)
+      stages.png                   val and pseudo-label mIoU by stage (pipeline/results.py)
+      qualitative.png, class_distribution.png (+ .json)    pipeline/pictures.py
+      cli.log                      Hydra's job log, and every error line (errors.py)
+      eval/                        mckd-eval's reports on the experiment's checkpoints (evaluate.py)
+      wandb/, wandb.json           offline W&B runs and the experiment's run-id prefix (pipeline/wandb_logging.py)
+
+Inside `pseudo_labels/stage<k>/` the store owns its own layout (labels/, confidence/, soft/, manifest.json).
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ CHECKPOINTS = "checkpoints"
 PSEUDO_LABELS = "pseudo_labels"
 LOGS = "logs"
 LOCKS = "locks"
+CLI_LOG = "cli.log"  # Hydra names the job log after the module that runs it, mckd/cli.py
+EVAL = "eval"
+WANDB = "wandb"
+WANDB_IDS = "wandb.json"
 RESULTS = "results.json"
 RESULTS_TABLE = "results.md"
 BEST = "best"  # ModelCheckpoint's file name (without .ckpt) for the best validation epoch

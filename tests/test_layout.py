@@ -27,8 +27,8 @@ def test_steps_in_running_order():
 def spells_layout(text: str) -> list[str]:
     """The names layout owns that a string literal spells: file names anywhere, folder names as path parts."""
     files = [layout.LABEL_PREFIX, layout.IDENTITY, layout.RESULTS, layout.RESULTS_TABLE, *layout.PICTURES.values(),
-             str(layout.CONFIG)]
-    folders = [layout.RECORDS, layout.CHECKPOINTS, layout.PSEUDO_LABELS, layout.LOCKS]
+             str(layout.CONFIG), layout.CLI_LOG, layout.WANDB_IDS, layout.LAST]
+    folders = [layout.RECORDS, layout.CHECKPOINTS, layout.PSEUDO_LABELS, layout.LOCKS, layout.EVAL]
     return [name for name in files if name in text] + [
         name for name in folders if f"{name}/" in text or f"/{name}" in text]
 

@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from mckd.checkpoints import first_sentence, not_a_checkpoint, read_checkpoint
 from mckd.data.source import IGNORE_INDEX
+from mckd.layout import TEACHER
 from mckd.models import build_model
 from mckd.modules.inference import (
     InferenceSettings,
@@ -40,7 +41,7 @@ class SegmentationModule(L.LightningModule):
     """A segmentation network trained with cross-entropy (+ optional Dice) on ground truth: the teacher."""
 
     def __init__(self, model: Mapping, num_classes: int, class_names: Sequence[str], optim: Mapping,
-                 loss: Mapping | None = None, inference: Mapping | None = None, name: str = "teacher",
+                 loss: Mapping | None = None, inference: Mapping | None = None, name: str = TEACHER,
                  channels_last: bool = False):
         super().__init__()
         self.save_hyperparameters()

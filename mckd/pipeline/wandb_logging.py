@@ -33,7 +33,7 @@ from PIL import Image
 
 from mckd.atomic import read_json, write_json
 from mckd.data.source import IGNORE_INDEX
-from mckd.layout import FINAL, PICTURES, TEACHER, label_step
+from mckd.layout import FINAL, PICTURES, TEACHER, WANDB, WANDB_IDS, label_step
 from mckd.pipeline.experiment import Experiment, is_rank_zero
 from mckd.pipeline.pictures import model_steps
 
@@ -63,7 +63,7 @@ def resolve_mode(configured: str | None, directory: Path) -> str:
     if mode in ("offline", "dryrun") and str(directory) not in _announced and is_rank_zero():
         _announced.add(str(directory))
         log.info("W&B: %s, so runs are saved offline in %s; upload them later with: wandb sync %s",
-                 reason, directory / "wandb", directory / "wandb" / "offline-run-*")
+                 reason, directory / WANDB, directory / WANDB / "offline-run-*")
     return mode
 
 
@@ -173,7 +173,7 @@ class WandbTracker:
 
     def _ids(self) -> dict:
         """`<experiment>/wandb.json`: the run-id prefix and group, made on first use and kept for resuming."""
-        path = self.exp.dir / "wandb.json"
+        path = self.exp.dir / WANDB_IDS
         if not path.is_file():  # first use; processes starting together (pair members) agree on the first one
             draft = path.with_name(f".wandb.{os.getpid()}.json")
             write_json(draft, {"prefix": secrets.token_hex(4), "group": self.settings.get("group") or self.exp.dir.name})
