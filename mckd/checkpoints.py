@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,18 +173,23 @@ def experiment_dataset(experiment: Path) -> DictConfig:
 
 
 def dataset_config(cfg: DictConfig, overrides: Sequence[str], experiment: Path | None,
-                   required: bool = True) -> DictConfig | None:
-    """The dataset config a command uses: `dataset=NAME` if given, else the experiment's, + `dataset.KEY=V`."""
+                   required: bool = True, saved: Mapping | None = None) -> DictConfig | None:
+    """The dataset config a command uses: `dataset=NAME` if given, else the experiment's, else the one the
+    checkpoint was trained with (`saved`, its `dataset` hyperparameter), + `dataset.KEY=V`."""
     node = cfg.get("dataset")
     if dataset_chosen(overrides):
         return node
-    if experiment is None or not (experiment / layout.CONFIG).is_file():
-        if required:
-            where = "is not inside an experiment directory" if experiment is None else f"has no {layout.CONFIG}"
-            raise CheckpointError(f"the checkpoint {where}, so its dataset is unknown: pass dataset=NAME "
-                                  "(synthetic, cityscapes, coco, camvid, folder ...)")
+    if experiment is not None and (experiment / layout.CONFIG).is_file():
+        dataset = experiment_dataset(experiment)
+    elif saved:
+        dataset = OmegaConf.create(dict(saved))
+    elif required:
+        where = "is not inside an experiment directory" if experiment is None else f"has no {layout.CONFIG}"
+        raise CheckpointError(f"the checkpoint {where} and does not carry its dataset config (mckd before 0.2), "
+                              "so its dataset is unknown: pass dataset=NAME (synthetic, cityscapes, coco, camvid, "
+                              "folder ...)")
+    else:
         return None
-    dataset = experiment_dataset(experiment)
     for override in overrides:
         key = _override_key(override)
         if key.startswith("dataset.") and not override.startswith("~"):

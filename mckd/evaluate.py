@@ -104,7 +104,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
         raise EvalConfigError(f"split={cfg.split!r}: expected one of {SPLITS}")
     ref = resolve_model(cfg.checkpoint, cfg.step)
     module = SegmentationModule.from_checkpoint(str(ref.checkpoint))
-    dataset = dataset_config(cfg, overrides, ref.experiment)
+    dataset = dataset_config(cfg, overrides, ref.experiment, saved=module.hparams.get("dataset"))
     dm = SegmentationDataModule(dataset)
     require_same_classes(ref.checkpoint, module.hparams.num_classes, dataset.name, dm.num_classes)
     samples = dm.splits.val if cfg.split == "val" else dm.splits.test

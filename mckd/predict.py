@@ -90,10 +90,10 @@ def predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     """Run `cfg.checkpoint` on `cfg.input`, write `cfg.output`; returns what predictions.json holds."""
     require(cfg, "checkpoint", "input", "output")
     ref = resolve_model(cfg.checkpoint, cfg.step)
-    dataset = dataset_config(cfg, overrides, ref.experiment, required=False)
     images = input_images(cfg.input)
     out = Path(cfg.output).expanduser()
     module = SegmentationModule.from_checkpoint(str(ref.checkpoint))
+    dataset = dataset_config(cfg, overrides, ref.experiment, required=False, saved=module.hparams.get("dataset"))
     num_classes = module.hparams.num_classes
     if (reader := dataset_reader(dataset)) is not None:  # its classes are known
         require_same_classes(ref.checkpoint, num_classes, dataset.name, reader.num_classes)

@@ -57,3 +57,14 @@ def test_unknown_dataset_and_missing_steps_are_clear_errors(smoke_experiment: Pa
         resolve_model(str(smoke_experiment), "stage9-a")
     with pytest.raises(CheckpointError, match="no such file"):
         resolve_model(str(tmp_path / "missing.ckpt"))
+
+
+def test_a_checkpoint_alone_carries_its_dataset(smoke_experiment: Path, tmp_path: Path) -> None:
+    """A checkpoint copied out of its experiment still knows its dataset: no dataset=NAME needed."""
+    alone = tmp_path / "final.ckpt"
+    alone.write_bytes((smoke_experiment / "checkpoints" / "final" / "best.ckpt").read_bytes())
+    overrides = [f"checkpoint={alone}", f"output={tmp_path / 'alone.json'}"]
+    result = evaluate(eval_config(*overrides), overrides)
+    record = json.loads((smoke_experiment / "steps" / "final.json").read_text())
+    assert result["miou"] == pytest.approx(record["val_miou"], abs=1e-4)
+    assert result["dataset"] == experiment_dataset(smoke_experiment).name

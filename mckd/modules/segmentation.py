@@ -42,8 +42,8 @@ class SegmentationModule(L.LightningModule):
 
     def __init__(self, model: Mapping, num_classes: int, class_names: Sequence[str], optim: Mapping,
                  loss: Mapping | None = None, inference: Mapping | None = None, name: str = TEACHER,
-                 channels_last: bool = False):
-        super().__init__()
+                 channels_last: bool = False, dataset: Mapping | None = None):
+        super().__init__()  # `dataset`: the config it is trained on, kept in the checkpoint for mckd-eval/predict
         self.save_hyperparameters()
         self.net = build_model(model, num_classes)
         self.class_names = list(class_names)

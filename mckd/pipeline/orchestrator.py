@@ -71,7 +71,8 @@ class Pipeline:
         return cls(model=model_config(model, self.cfg.dataset.crop_size), num_classes=self.dm.num_classes,
                    class_names=list(self.dm.source.class_names), optim=OmegaConf.to_container(self.cfg.optim),
                    loss=OmegaConf.to_container(loss), inference=OmegaConf.to_container(self.cfg.eval),
-                   name=name, channels_last=self.cfg.channels_last, **extra)
+                   name=name, channels_last=self.cfg.channels_last,
+                   dataset=OmegaConf.to_container(self.cfg.dataset, resolve=True), **extra)
 
     def student(self, name: str, init_from: str | None = None) -> StudentModule:
         module = self.module(StudentModule, self.cfg.student, name, self.cfg.student_loss,
