@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from mckd import layout
 from mckd.atomic import read_json
 from mckd.errors import MckdError
+from mckd.records import ModelRecord
 
 
 class CheckpointError(MckdError, FileNotFoundError):
@@ -140,7 +141,7 @@ def resolve_model(path: str | None, step: str = layout.FINAL) -> ModelRef:
             done = layout.finished_model_steps(p)
             raise CheckpointError(f"checkpoint={path}: step '{step}' has not finished in this experiment (no {record_path}); "
                                   f"finished models: {', '.join(done) or 'none'} (choose one with step=NAME)")
-        checkpoint = (p / read_json(record_path)["checkpoint"]).resolve()
+        checkpoint = (p / ModelRecord.from_json(read_json(record_path)).checkpoint).resolve()
         if not checkpoint.is_file():
             raise CheckpointError(f"checkpoint={path}: step '{step}' names {checkpoint}, which does not exist")
         return ModelRef(checkpoint, p.resolve(), step)

@@ -14,6 +14,7 @@ from mckd.atomic import read_json, write_json
 from mckd.checkpoints import CheckpointError, NotACheckpointError, read_checkpoint
 from mckd.errors import MckdError
 from mckd.pipeline.store import PseudoLabelStore
+from mckd.records import LabelRecord, ModelRecord
 
 log = logging.getLogger("mckd")
 
@@ -74,16 +75,23 @@ class Experiment:
     def record_path(self, step: str) -> Path:
         return layout.record_path(self.dir, step)
 
-    def record(self, step: str) -> dict | None:
+    def finished(self, step: str) -> bool:
+        return self.record_path(step).is_file()
+
+    def model_record(self, step: str) -> ModelRecord | None:
         path = self.record_path(step)
-        return read_json(path) if path.is_file() else None
+        return ModelRecord.from_json(read_json(path)) if path.is_file() else None
 
-    def save_record(self, step: str, record: dict) -> None:
+    def label_record(self, stage: int) -> LabelRecord | None:
+        path = self.record_path(layout.label_step(stage))
+        return LabelRecord.from_json(read_json(path)) if path.is_file() else None
+
+    def save_record(self, record: ModelRecord | LabelRecord) -> None:
         if is_rank_zero():
-            write_json(self.record_path(step), record)
+            write_json(self.record_path(record.name), record.to_json())
 
-    def require_record(self, step: str, needed_by: str) -> dict:
-        record = self.record(step)
+    def require_record(self, step: str, needed_by: str) -> ModelRecord:
+        record = self.model_record(step)
         if record is None:
             raise MissingStepError(
                 f"{needed_by} needs step '{step}', which has not finished in {self.dir} "

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mckd import layout
 from mckd.atomic import read_json, write_json
 from mckd.errors import MckdError
+from mckd.records import ModelRecord
 
 log = logging.getLogger("mckd")
 
@@ -64,8 +65,8 @@ def teacher_source(directory: str | Path) -> str | None:
     record_file = layout.record_path(directory, layout.TEACHER)
     if not record_file.is_file():
         return None
-    record = read_json(record_file)
-    return str(Path(record["checkpoint"]).resolve()) if record.get("trained_on") == "loaded" else "trained here"
+    record = ModelRecord.from_json(read_json(record_file))
+    return str(Path(record.checkpoint).resolve()) if record.trained_on == "loaded" else "trained here"
 
 
 def differences(cfg: DictConfig, directory: str | Path) -> list[tuple[str, Any, Any]]:

@@ -32,6 +32,7 @@ from mckd.pipeline.pictures import write_pictures
 from mckd.pipeline.results import write_results
 from mckd.pipeline.validate import validate
 from mckd.progress import show_progress
+from mckd.records import LabelRecord, ModelRecord
 from mckd.seeding import step_seed
 
 log = logging.getLogger("mckd")
@@ -103,13 +104,13 @@ class Pipeline:
         return int(epochs) if epochs is not None else max(1, round(train.teacher_epochs * train.student_ratio))
 
     @one_writer(lambda name, *args, **kwargs: name)
-    def train(self, name: str, build: Callable[[], SegmentationModule], epochs: int, **info) -> dict:
+    def train(self, name: str, build: Callable[[], SegmentationModule], epochs: int, **info) -> ModelRecord:
         """Train one model unless its record exists; resumes from `last.ckpt` when interrupted.
 
         The step seeds itself (model initialisation, its sampler, CutMix), so its result does not depend on
         which steps ran before it in this process."""
-        if (record := self.exp.record(name)) is not None:
-            log.info("%s: done already (val mIoU %.4f), skipping", name, record["val_miou"])
+        if (record := self.exp.model_record(name)) is not None:
+            log.info("%s: done already (val mIoU %.4f), skipping", name, record.val_miou)
             return record
         L.seed_everything(self.seed(name), verbose=False)
         start = time.time()
@@ -124,23 +125,23 @@ class Pipeline:
         best = checkpoint.best_model_path or last
         # val both selects best.ckpt and scores it; the last epoch's figure shows how much selection adds
         last_val = self.evaluate(trainer, module, last) if last != best else None
-        record = {"name": name, **self.evaluate(trainer, module, best), **info,
-                  "last_val_miou": (last_val or {}).get("val_miou"), "last_test_miou": (last_val or {}).get("test_miou"),
-                  "checkpoint": os.path.relpath(best, self.exp.dir), "wall_time_s": round(time.time() - start, 1)}
-        if last_val is None:
-            record["last_val_miou"], record["last_test_miou"] = record["val_miou"], record["test_miou"]
-        self.exp.save_record(name, record)
+        scores = self.evaluate(trainer, module, best)
+        last_val = last_val or scores
+        record = ModelRecord(name=name, **scores, checkpoint=os.path.relpath(best, self.exp.dir),
+                             wall_time_s=round(time.time() - start, 1), last_val_miou=last_val["val_miou"],
+                             last_test_miou=last_val["test_miou"], **info)
+        self.exp.save_record(record)
         barrier()  # rank 0 wrote the record; the next step on every rank reads it
-        log.info("%s: val mIoU %.4f, last epoch %.4f (%.0f s)", name, record["val_miou"], record["last_val_miou"],
-                 record["wall_time_s"])
+        log.info("%s: val mIoU %.4f, last epoch %.4f (%.0f s)", name, record.val_miou, record.last_val_miou,
+                 record.wall_time_s)
         return record
 
     def checkpoint_of(self, step: str) -> str:
-        return str(self.exp.dir / self.exp.require_record(step, "labeling")["checkpoint"])
+        return str(self.exp.dir / self.exp.require_record(step, "labeling").checkpoint)
 
     def labeled(self, stage: int) -> bool:
         """Whether stage `stage`'s pseudo-labels are complete (manifest) and evaluated (record)."""
-        done = self.exp.store.manifest(stage) is not None and self.exp.record(label_step(stage)) is not None
+        done = self.exp.store.manifest(stage) is not None and self.exp.label_record(stage) is not None
         if done:
             log.info("%s: done already, skipping", label_step(stage))
         return done
@@ -176,9 +177,9 @@ class Pipeline:
             per_class = pseudo_label_iou(self.dm.source, everything, self.exp.store.reader(stage))
             miou = None if per_class is None else float(mean_iou(per_class))
             per_class_iou = None if per_class is None else dict(zip(self.dm.source.class_names, per_class.tolist()))
-            self.exp.save_record(name, {"name": name, "stage": stage, "pseudo_label_miou": miou,
-                                        "pseudo_label_per_class_iou": per_class_iou,
-                                        "wall_time_s": round(time.time() - start, 1)})
+            self.exp.save_record(LabelRecord(name=name, stage=stage, pseudo_label_miou=miou,
+                                             pseudo_label_per_class_iou=per_class_iou,
+                                             wall_time_s=round(time.time() - start, 1)))
             log.info("%s: pseudo-label mIoU %s", name, "n/a" if miou is None else f"{miou:.4f}")
         barrier()
 
@@ -201,14 +202,14 @@ class Pipeline:
     @one_writer(lambda path: TEACHER)
     def load_teacher(self, path: str) -> None:
         """Use a trained teacher instead of training one: evaluate it and record it as the teacher step."""
-        if self.exp.record(TEACHER) is not None:
+        if self.exp.finished(TEACHER):
             return
         start = time.time()
         module = SegmentationModule.from_checkpoint(path)
         require_same_classes(path, module.hparams.num_classes, self.cfg.dataset.name, self.dm.num_classes)
-        record = {"name": TEACHER, **self.evaluate(self.trainer(TEACHER), module, None),
-                  "checkpoint": os.path.abspath(path), "trained_on": "loaded", "wall_time_s": round(time.time() - start, 1)}
-        self.exp.save_record(TEACHER, record)
+        self.exp.save_record(ModelRecord(name=TEACHER, **self.evaluate(self.trainer(TEACHER), module, None),
+                                         checkpoint=os.path.abspath(path), trained_on="loaded",
+                                         wall_time_s=round(time.time() - start, 1)))
         barrier()
 
     def partitions(self, stage: int) -> list[list[Sample]]:
@@ -233,7 +234,7 @@ class Pipeline:
                 return self.student(name, init)
 
             self.train(name, build, self.epochs("student"), stage=stage, trained_on=i)
-        waiting = [n for n in names if self.exp.record(n) is None]
+        waiting = [n for n in names if not self.exp.finished(n)]
         if waiting:
             log.info("stage %d: cross-labeling waits for %s", stage, ", ".join(waiting))
             return False

@@ -17,6 +17,7 @@ from mckd.atomic import read_json, write_json
 from mckd.modules.predictor import Predictor
 from mckd.pipeline.experiment import Experiment
 from mckd.progress import progress
+from mckd.records import ModelRecord
 from mckd.visualize import class_counts, colorize, distribution_figure, grid_figure, save_figure
 
 log = logging.getLogger("mckd")
@@ -24,13 +25,13 @@ log = logging.getLogger("mckd")
 GRID_IMAGES = 4
 
 
-def model_steps(cfg: DictConfig, exp: Experiment) -> list[tuple[str, str, dict]]:
+def model_steps(cfg: DictConfig, exp: Experiment) -> list[tuple[str, str, ModelRecord]]:
     """(step, checkpoint path, record) of every finished model, in pipeline order."""
     out = []
     for name in layout.model_steps(cfg.num_stages, cfg.num_partitions):
-        record = exp.record(name)
+        record = exp.model_record(name)
         if record is not None:
-            out.append((name, os.path.join(exp.dir, record["checkpoint"]), record))
+            out.append((name, os.path.join(exp.dir, record.checkpoint), record))
     return out
 
 
@@ -49,7 +50,7 @@ def write_qualitative(cfg: DictConfig, exp: Experiment, dm, path: Path, num_imag
         predictor = Predictor.from_checkpoint(checkpoint, transform=dm.eval_augmentation(), device=device)
         for row, (image, _) in zip(rows, data):
             row.append(colorize(predictor(image), palette))
-        miou = record.get("val_miou")
+        miou = record.val_miou
         titles.append(name if miou is None else f"{name}\nval mIoU {miou:.3f}")
         del predictor
     fig = grid_figure(rows, titles, [s.id for s in samples], source.class_names, palette)

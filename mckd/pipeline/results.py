@@ -7,41 +7,43 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mckd.atomic import atomic_write, write_json
-from mckd.layout import FINAL, PICTURES, RESULTS, RESULTS_TABLE, TEACHER, label_step, student_names
+from mckd.layout import FINAL, PICTURES, RESULTS, RESULTS_TABLE, TEACHER, student_names
 from mckd.pipeline.experiment import Experiment
+from mckd.records import ModelRecord
 from mckd.report import markdown_table, score
 
 MODEL_KEYS = ("val_miou", "test_miou", "last_val_miou", "last_test_miou", "per_class_iou", "wall_time_s", "checkpoint")
 
 
-def _model_entry(record: dict | None) -> dict | None:
+def _model_entry(record: ModelRecord | None) -> dict | None:
+    """A model's figures in results.json: its record's MODEL_KEYS."""
     if record is None:
         return None
-    return {k: record.get(k) for k in MODEL_KEYS}
+    return {k: getattr(record, k) for k in MODEL_KEYS}
 
 
 def _pseudo(exp: Experiment, stage: int) -> tuple[float | None, float | None]:
-    record = exp.record(label_step(stage))
-    return (None, None) if record is None else (record["pseudo_label_miou"], record["wall_time_s"])
+    record = exp.label_record(stage)
+    return (None, None) if record is None else (record.pseudo_label_miou, record.wall_time_s)
 
 
 def collect_results(cfg: DictConfig, exp: Experiment) -> dict:
     """Every finished step's figures; null where a step has not run or there is no ground truth."""
-    teacher = _model_entry(exp.record(TEACHER))
+    teacher = _model_entry(exp.model_record(TEACHER))
     if teacher is not None:
         teacher["pseudo_label_miou"], teacher["label_wall_time_s"] = _pseudo(exp, 0)
     stages = []
     for k in range(1, cfg.num_stages):
         students = []
         for name in student_names(k, cfg.num_partitions):
-            entry = _model_entry(exp.record(name))
+            entry = _model_entry(exp.model_record(name))
             if entry is not None:
                 entry.pop("per_class_iou")
                 students.append({"name": name, **entry})
         if students:
             miou, seconds = _pseudo(exp, k)
             stages.append({"stage": k, "students": students, "pseudo_label_miou": miou, "label_wall_time_s": seconds})
-    final = _model_entry(exp.record(FINAL))
+    final = _model_entry(exp.model_record(FINAL))
     return {"experiment": exp.dir.name, "dataset": cfg.dataset.name, "num_stages": cfg.num_stages,
             "num_partitions": cfg.num_partitions, TEACHER: teacher, "stages": stages, FINAL: final}
 

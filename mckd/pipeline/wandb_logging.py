@@ -33,7 +33,7 @@ from PIL import Image
 
 from mckd.atomic import read_json, write_json
 from mckd.data.source import IGNORE_INDEX
-from mckd.layout import FINAL, PICTURES, TEACHER, WANDB, WANDB_IDS, label_step
+from mckd.layout import FINAL, PICTURES, TEACHER, WANDB, WANDB_IDS
 from mckd.pipeline.experiment import Experiment, is_rank_zero
 from mckd.pipeline.pictures import model_steps
 
@@ -257,10 +257,10 @@ class WandbTracker:
                    *(f"iou/{c}" for c in classes)]
         rows = []
         for name, _, record in model_steps(self.cfg, self.exp):
-            stage = 0 if name == TEACHER else self.cfg.num_stages if name == FINAL else int(record.get("stage", 0))
-            labels = None if name == FINAL else self.exp.record(label_step(stage))
-            per_class = record.get("per_class_iou") or {}
-            rows.append([name, stage, record.get("val_miou"), record.get("test_miou"),
-                         None if labels is None else labels.get("pseudo_label_miou"), record.get("wall_time_s"),
+            stage = 0 if name == TEACHER else self.cfg.num_stages if name == FINAL else int(record.stage or 0)
+            labels = None if name == FINAL else self.exp.label_record(stage)
+            per_class = record.per_class_iou or {}
+            rows.append([name, stage, record.val_miou, record.test_miou,
+                         None if labels is None else labels.pseudo_label_miou, record.wall_time_s,
                          *(per_class.get(c) for c in classes)])
         return columns, rows
