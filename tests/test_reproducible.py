@@ -121,3 +121,14 @@ def test_epochs_differ_but_each_is_a_function_of_seed_and_epoch():
     epoch["e"] = 0
     assert list(sampler) == first
     assert list(EpochSampler([20], 5, 4, seed=4)) != first
+
+
+def test_a_resumed_labeling_predicts_whole_batches():
+    """Labels written before a kill are predicted again with their batch-mates, never in a smaller batch."""
+    from mckd.data.source import Sample
+    from mckd.pipeline.orchestrator import unfinished_batches
+
+    samples = [Sample(f"s{i}", f"s{i}.png") for i in range(10)]
+    assert [s.id for s in unfinished_batches(samples, {"s4", "s9"}, 4)] == ["s4", "s5", "s6", "s7", "s8", "s9"]
+    assert unfinished_batches(samples, set(), 4) == []
+    assert unfinished_batches(samples, {s.id for s in samples}, 4) == samples

@@ -90,10 +90,14 @@ class SegmentationDataModule(L.LightningDataModule):
     def use_predict(self, samples: Sequence[Sample]) -> None:
         self.predict_set = ImageDataset(self.source, samples, self.eval_augmentation())
 
+    @property
+    def eval_batch_size(self) -> int:
+        return self.cfg.get("eval_batch_size", self.cfg.batch_size)
+
     def _loader(self, dataset: Dataset) -> DataLoader:
         """An evaluation loader: in order, every item once."""
         workers = self.cfg.get("num_workers", 0)
-        return DataLoader(dataset, batch_size=self.cfg.get("eval_batch_size", self.cfg.batch_size),
+        return DataLoader(dataset, batch_size=self.eval_batch_size,
                           num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
                           collate_fn=pad_collate)
 

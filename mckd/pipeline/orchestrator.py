@@ -38,6 +38,16 @@ from mckd.seeding import step_seed
 log = logging.getLogger("mckd")
 
 
+def unfinished_batches(samples: list[Sample], todo: set[str], batch_size: int) -> list[Sample]:
+    """The whole batches, as an uninterrupted run forms them, that hold a sample in `todo`.
+
+    A resumed labeling predicts these again rather than only the missing samples: an image's probabilities can
+    depend on which images share its batch (padding to the largest, the last bits of batched kernels), so
+    the labels of a resumed run equal those of one that was never interrupted."""
+    batches = [samples[i: i + batch_size] for i in range(0, len(samples), batch_size)]
+    return [s for batch in batches if any(s.id in todo for s in batch) for s in batch]
+
+
 class Pipeline:
     """Runs the steps that `cfg.stage` asks for in one experiment directory."""
 
@@ -162,7 +172,7 @@ class Pipeline:
             if not todo:
                 continue
             log.info("%s: %s labels %d images", name, "+".join(names), len(todo))
-            self.dm.use_predict([s for s in samples if s.id in todo])
+            self.dm.use_predict(unfinished_batches(samples, todo, self.dm.eval_batch_size))
             labeler = Labeler(nets, flip=pseudo.flip, window=pseudo.window, stride=pseudo.stride,
                               soft_topk=pseudo.soft_topk, scales=pseudo.get("scales") or (1.0,), previous=previous,
                               previous_weight=previous_weight)
