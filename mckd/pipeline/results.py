@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from mckd.pipeline.atomic import atomic_write, write_json
 from mckd.pipeline.experiment import Experiment, student_names
+from mckd.version import git_commit, mckd_version
 
 MODEL_KEYS = ("val_miou", "test_miou", "last_val_miou", "last_test_miou", "per_class_iou", "wall_time_s", "checkpoint")
 
@@ -41,7 +42,8 @@ def collect_results(cfg: DictConfig, exp: Experiment) -> dict:
             stages.append({"stage": k, "students": students, "pseudo_label_miou": miou, "label_wall_time_s": seconds})
     final = _model_entry(exp.record("final"))
     return {"experiment": exp.dir.name, "dataset": cfg.dataset.name, "num_stages": cfg.num_stages,
-            "num_partitions": cfg.num_partitions, "teacher": teacher, "stages": stages, "final": final}
+            "num_partitions": cfg.num_partitions, "teacher": teacher, "stages": stages, "final": final,
+            "mckd_version": mckd_version(), "git_commit": git_commit()}
 
 
 def _fmt(value: float | None) -> str:
