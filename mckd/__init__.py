@@ -1,3 +1,5 @@
 """mckd: Multistage Collaborative Knowledge Distillation for semi-supervised semantic segmentation."""
 
-__version__ = "0.1.0"
+from mckd.version import mckd_version
+
+__version__ = mckd_version()  # pyproject.toml's, read from the installed package

@@ -144,6 +144,42 @@ def test_standard_settings(name: str, tmp_path: Path) -> None:
         assert cfg.train.teacher_epochs == 30 and cfg.eval.window is None
 
 
+# What each ratio preset sets over its dataset's base (experiment/base/<family>.yaml); every other key is the base's.
+# min_epoch_size is the size of the unlabeled split (the train images that the labeled list does not name).
+RATIO_MIN_EPOCH_SIZE = {
+    "cityscapes_1_16": 2789, "cityscapes_1_8": 2603, "cityscapes_1_4": 2231, "cityscapes_1_2": 1487,
+    "coco_1_512": 118055, "coco_1_256": 117824, "coco_1_128": 117362, "coco_1_64": 116438, "coco_1_32": 114590,
+}
+
+
+def test_the_bases_are_not_presets() -> None:
+    """The bases are out of the preset list, and a base alone cannot run: min_epoch_size, which each ratio file
+    sets, is mandatory there."""
+    for family in ("cityscapes", "coco"):
+        assert not any(name.startswith("base") for name in all_presets())
+        missing = OmegaConf.missing_keys(preset_config(f"base/{family}", ["experiment_dir=x"]))
+        assert missing == {"dataset.min_epoch_size"}
+
+
+@pytest.mark.parametrize("name", CITYSCAPES + COCO)
+def test_ratio_preset_is_its_base_and_its_split(name: str) -> None:
+    family, split = name.split("_", 1)
+    ratio = OmegaConf.to_container(preset_config(name, ["experiment_dir=x"]))
+    base = OmegaConf.to_container(preset_config(f"base/{family}", ["experiment_dir=x"]))
+    assert ratio["dataset"]["split"]["labeled_list"] == f"{family}/{split}/labeled.txt"
+    assert ratio["dataset"]["min_epoch_size"] == RATIO_MIN_EPOCH_SIZE[name]
+    split_keys = ["labeled_list"]
+    if family == "cityscapes":  # COCO's unlabeled split is the rest of train2017: no list
+        split_keys.append("unlabeled_list")
+        assert ratio["dataset"]["split"]["unlabeled_list"] == f"cityscapes/{split}/unlabeled.txt"
+        unlabeled = SPLITS_DIR / "cityscapes" / split / "unlabeled.txt"
+        assert RATIO_MIN_EPOCH_SIZE[name] == len(unlabeled.read_text().splitlines())
+    for key in split_keys:
+        base["dataset"]["split"][key] = ratio["dataset"]["split"][key]
+    base["dataset"]["min_epoch_size"] = ratio["dataset"]["min_epoch_size"]
+    assert ratio == base
+
+
 WHOLE_PIPELINE = ("cityscapes_1_16", "coco_1_512")  # one per family; the networks are the same in a family
 
 

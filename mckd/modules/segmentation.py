@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
@@ -35,6 +37,22 @@ def iou_metric(num_classes: int, sync: bool = True) -> MulticlassJaccardIndex:
 
 def mean_iou(per_class: torch.Tensor) -> torch.Tensor:
     return per_class.nanmean()
+
+
+# optim.name -> the optimizer and the optim.* keys it takes, with their values when a config leaves one out
+OPTIMIZERS = {
+    "adamw": {"_target_": "torch.optim.AdamW", "weight_decay": 1e-4},
+    "sgd": {"_target_": "torch.optim.SGD", "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False},
+}
+
+
+def optimizer(cfg: Mapping) -> Callable[..., torch.optim.Optimizer]:
+    """The optimizer of an `optim` config, still to be given the parameters: `optimizer(cfg)(module.parameters())`."""
+    if cfg["name"] not in OPTIMIZERS:
+        raise ValueError(f"optim.name={cfg['name']!r}: expected {' or '.join(map(repr, OPTIMIZERS))}")
+    spec = OPTIMIZERS[cfg["name"]]
+    kwargs = {key: cfg.get(key, default) for key, default in spec.items() if key != "_target_"}
+    return instantiate({"_target_": spec["_target_"], "_partial_": True, "lr": cfg["lr"], **kwargs})
 
 
 class SegmentationModule(L.LightningModule):
@@ -79,8 +97,6 @@ class SegmentationModule(L.LightningModule):
         if len(terms) > 1:  # the loss alone is logged as train/loss
             self.log_dict(terms, batch_size=n)
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
-        # a CPU tensor: Lightning turns a float into a tensor on the GPU, a copy that waits for the GPU every step
-        self.log("train/lr", torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=n)
         return parts["loss"]
 
     def eval_probs(self, images: torch.Tensor) -> torch.Tensor:
@@ -118,17 +134,15 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.hparams.optim
-        if cfg["name"] == "adamw":
-            opt = torch.optim.AdamW(self.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 1e-4))
-        elif cfg["name"] == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
-                                  weight_decay=cfg.get("weight_decay", 1e-4), nesterov=cfg.get("nesterov", False))
-        else:
-            raise ValueError(f"optim.name={cfg['name']!r}: expected 'adamw' or 'sgd'")
+        opt = optimizer(cfg)(self.parameters())
+        # lr * (1 - step / total) ** power, stepped after every optimizer step
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        power = cfg.get("poly_power", 0.9)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1 - step / total) ** power)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total, power=cfg.get("poly_power", 0.9))
+        # the name is the key LearningRateMonitor (configure_callbacks) logs the learning rate under
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}
+
+    def configure_callbacks(self):
+        return [LearningRateMonitor(logging_interval="step")]
 
 
 def cutmix(batch: dict, generator: torch.Generator, prob: float = 0.5) -> dict:

@@ -11,6 +11,7 @@ from mckd.layout import FINAL, PICTURES, RESULTS, RESULTS_TABLE, TEACHER, studen
 from mckd.pipeline.experiment import Experiment
 from mckd.records import ModelRecord
 from mckd.report import markdown_table, score
+from mckd.version import git_commit, mckd_version
 
 MODEL_KEYS = ("val_miou", "test_miou", "last_val_miou", "last_test_miou", "per_class_iou", "wall_time_s", "checkpoint")
 
@@ -45,7 +46,8 @@ def collect_results(cfg: DictConfig, exp: Experiment) -> dict:
             stages.append({"stage": k, "students": students, "pseudo_label_miou": miou, "label_wall_time_s": seconds})
     final = _model_entry(exp.model_record(FINAL))
     return {"experiment": exp.dir.name, "dataset": cfg.dataset.name, "num_stages": cfg.num_stages,
-            "num_partitions": cfg.num_partitions, TEACHER: teacher, "stages": stages, FINAL: final}
+            "num_partitions": cfg.num_partitions, TEACHER: teacher, "stages": stages, FINAL: final,
+            "mckd_version": mckd_version(), "git_commit": git_commit()}
 
 
 def _seconds(*values: float | None) -> str:
