@@ -34,6 +34,12 @@ def run_pipeline(cfg: DictConfig) -> dict | None:
     from mckd.pipeline.validate import validate
 
     validate(cfg)  # before Lightning loads: bad input fails in a second, and before the seed (model builds draw)
+    if cfg.get("launcher", {}).get("name", "none") != "none":  # submit (or run) the experiment as jobs
+        from hydra.core.hydra_config import HydraConfig
+
+        from mckd.pipeline.jobs import launch
+
+        return launch(cfg, list(HydraConfig.get().overrides.task))
     import lightning as L
 
     from mckd.pipeline.orchestrator import Pipeline
