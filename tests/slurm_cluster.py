@@ -162,9 +162,12 @@ def timestamp(value: str) -> datetime:
 
 
 if __name__ == "__main__":
+    import signal
+
     cluster = Cluster(Path(sys.argv[1]).absolute())
     cluster.start()
-    print(f"export SLURM_CONF={cluster.conf}  # Ctrl-C stops the cluster")
+    print(f"export SLURM_CONF={cluster.conf}  # Ctrl-C or SIGTERM stops the cluster", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)

@@ -83,10 +83,10 @@ def base_overrides(overrides: Iterable[str]) -> list[str]:
 
 
 def settings(launcher: DictConfig, kind: str) -> dict:
-    """The launcher's settings for one kind of job: its top-level values, then `launcher.<kind>`'s."""
+    """The launcher's settings for one kind of job: its top-level values, then `launcher.<kind>`'s that are set."""
     values = OmegaConf.to_container(launcher, resolve=True)
     per_kind = {k: values.pop(k) or {} for k in KINDS if k in values}
-    return {**values, **per_kind.get(kind, {})}
+    return {**values, **{k: v for k, v in per_kind.get(kind, {}).items() if v is not None}}
 
 
 def tasks_per_node(resources: dict) -> int:
