@@ -19,12 +19,19 @@ from mckd.errors import exit_on_user_error
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("mckd")
+# UserWarnings that mckd's own use of its libraries triggers and that need nothing from the user (regexes matched
+# at the start of the message); every other warning is shown
+HARMLESS_WARNINGS = (
+    r"The number of training batches \(\d+\) is smaller than the logging interval",  # short (debug) epochs
+    r"The '\w+_dataloader' does not have many workers",  # dataset.num_workers is the user's (docs/benchmarks.md)
+    r"Checkpoint directory .* exists and is not empty",  # a resumed step saves into its own checkpoint folder
+)
 
 
 def quiet_libraries() -> None:
     """Keep Lightning's per-call chatter and known-harmless warnings out of the user's log."""
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")  # also reaches DDP and loader workers
-    warnings.filterwarnings("ignore", category=UserWarning)
+    for message in HARMLESS_WARNINGS:  # only these: others, e.g. Lightning's SLURM warnings, stay visible
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.seed", "lightning.pytorch.callbacks.model_summary"):
         logging.getLogger(name).setLevel(logging.WARNING)
