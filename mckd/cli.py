@@ -20,12 +20,19 @@ from mckd.layout import FINAL
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("mckd")
+# UserWarnings that mckd's own use of its libraries triggers and that need nothing from the user (regexes matched
+# at the start of the message); every other warning is shown
+HARMLESS_WARNINGS = (
+    r"The number of training batches \(\d+\) is smaller than the logging interval",  # short (debug) epochs
+    r"The '\w+_dataloader' does not have many workers",  # dataset.num_workers is the user's (docs/benchmarks.md)
+    r"Checkpoint directory .* exists and is not empty",  # a resumed step saves into its own checkpoint folder
+)
 
 
 def quiet_libraries() -> None:
     """Keep Lightning's per-call chatter and known-harmless warnings out of the user's log."""
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")  # also reaches DDP and loader workers
-    warnings.filterwarnings("ignore", category=UserWarning)
+    for message in HARMLESS_WARNINGS:  # only these: others, e.g. Lightning's SLURM warnings, stay visible
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.seed", "lightning.pytorch.callbacks.model_summary"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -35,6 +42,12 @@ def run_pipeline(cfg: DictConfig) -> dict | None:
     from mckd.pipeline.validate import validate
 
     validate(cfg)  # before Lightning loads: bad input fails in a second, and before the seed (model builds draw)
+    if cfg.get("launcher", {}).get("name", "none") != "none":  # submit (or run) the experiment as jobs
+        from hydra.core.hydra_config import HydraConfig
+
+        from mckd.pipeline.jobs import launch
+
+        return launch(cfg, list(HydraConfig.get().overrides.task))
     import lightning as L
 
     from mckd.pipeline.orchestrator import Pipeline

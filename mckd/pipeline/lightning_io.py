@@ -12,6 +12,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mckd.atomic import atomic_write
@@ -28,6 +29,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
         atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def cluster_plugins() -> list:
+    """In a job of mckd's SLURM launcher, Lightning's own SIGUSR1 requeue is off: submitit requeues the job
+    (mckd/pipeline/jobs.py StepCommand), and a second `scontrol requeue` from Lightning would race it. Elsewhere
+    (no SLURM, or the user's own sbatch script) Lightning's defaults apply."""
+    if os.environ.get("MCKD_LAUNCHER") == "slurm" and SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=False)]
+    return []
 
 
 class ResumingExperimentWriter(ExperimentWriter):

@@ -25,7 +25,7 @@ from mckd.modules.segmentation import mean_iou
 from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero
 from mckd.pipeline.identity import record_identity
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
-from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger
+from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger, cluster_plugins
 from mckd.pipeline.lock import StepLockedError, one_writer
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.pictures import write_pictures
@@ -73,9 +73,10 @@ class Pipeline:
     def trainer(self, step: str, max_epochs: int = 1, callbacks: Sequence = (), logger: bool = True) -> L.Trainer:
         kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
         loggers = [ResumingCSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
-        return L.Trainer(max_epochs=max_epochs, default_root_dir=self.exp.dir, logger=loggers,
+        # each step its own root: a SLURM requeue's hpc_ckpt_* of one step is never loaded into another
+        return L.Trainer(max_epochs=max_epochs, default_root_dir=self.exp.dir / "lightning" / step, logger=loggers,
                          callbacks=[*callbacks, *self.callbacks(step)], enable_progress_bar=show_progress(),
-                         enable_model_summary=False, plugins=[AtomicCheckpointIO()], **kwargs)
+                         enable_model_summary=False, plugins=[AtomicCheckpointIO(), *cluster_plugins()], **kwargs)
 
     def module(self, cls: type[SegmentationModule], model: DictConfig, name: str, loss: DictConfig,
                **extra) -> SegmentationModule:
