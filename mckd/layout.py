@@ -9,6 +9,8 @@ Every other module, the scripts and the tests ask this one; renaming a step or a
       checkpoints/<step>/          best.ckpt and last.ckpt of a model step
       pseudo_labels/stage<k>/      stage k's labels, confidences and manifest (pipeline/store.py)
       logs/<step>/                 Lightning's CSV logs
+      lightning/<step>/            Lightning's own root for the step (SLURM requeue checkpoints)
+      slurm/, jobs/                launcher=slurm: job table and logs; launcher=local: job logs (pipeline/jobs.py)
       locks/<step>.lock            held by the process writing the step
       results.json, results.md     the summary of every step (pipeline/results.py)
       stages.png                   val and pseudo-label mIoU by stage (pipeline/results.py)
@@ -36,6 +38,9 @@ RECORDS = "steps"
 CHECKPOINTS = "checkpoints"
 PSEUDO_LABELS = "pseudo_labels"
 LOGS = "logs"
+LIGHTNING = "lightning"  # each step's own Lightning root: a SLURM requeue's hpc_ckpt_* never reaches another step
+SLURM = "slurm"          # launcher=slurm: the job table (jobs.jsonl) and the jobs' logs
+JOBS = "jobs"            # launcher=local: the jobs' logs
 LOCKS = "locks"
 CLI_LOG = "cli.log"  # Hydra names the job log after the module that runs it, mckd/cli.py
 EVAL = "eval"
@@ -98,6 +103,10 @@ def best_checkpoint(experiment: str | Path, step: str) -> Path:
 
 def last_checkpoint(experiment: str | Path, step: str) -> Path:
     return checkpoint_dir(experiment, step) / LAST
+
+
+def lightning_dir(experiment: str | Path, step: str) -> Path:
+    return Path(experiment) / LIGHTNING / step
 
 
 def lock_path(experiment: str | Path, step: str) -> Path:

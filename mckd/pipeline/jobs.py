@@ -25,8 +25,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mckd import layout
 from mckd.errors import MckdError
-from mckd.pipeline.experiment import student_names
+from mckd.layout import FINAL, TEACHER, label_step, member_of, student_names
 
 log = logging.getLogger("mckd")
 
@@ -52,17 +53,17 @@ class Job:
 
 def job_graph(num_stages: int, num_partitions: int) -> list[Job]:
     """teacher (+ stage-0 labels) -> stage 1's members, in parallel -> stage 1's cross-labeling -> ... -> final."""
-    jobs = [Job("teacher", "train", ("stage=teacher",), ("teacher", "label-stage0"))]
-    previous: tuple[str, ...] = ("teacher",)
+    jobs = [Job(TEACHER, "train", ("stage=teacher",), (TEACHER, label_step(0)))]
+    previous: tuple[str, ...] = (TEACHER,)
     for stage in range(1, num_stages):
         members = student_names(stage, num_partitions)
         for name in members:
-            jobs.append(Job(name, "train", ("stage=first", f"pair_stage={stage}", f"member={name.split('-')[1]}"),
+            jobs.append(Job(name, "train", ("stage=first", f"pair_stage={stage}", f"member={member_of(name)}"),
                             (name,), previous))
-        label = f"label-stage{stage}"
+        label = label_step(stage)
         jobs.append(Job(label, "label", ("stage=first", f"pair_stage={stage}"), (label,), tuple(members)))
         previous = (label,)
-    jobs.append(Job("final", "train", ("stage=final",), ("final",), previous))
+    jobs.append(Job(FINAL, "train", ("stage=final",), (FINAL,), previous))
     return jobs
 
 
@@ -150,7 +151,7 @@ def launch(cfg: DictConfig, overrides: Sequence[str]) -> None:
     jobs = unfinished(job_graph(cfg.num_stages, cfg.num_partitions), lambda step: exp.record(step) is not None)
     if not jobs:
         log.info("%s: every step has finished; nothing to run (results: %s)", experiment_dir,
-                 experiment_dir / "results.json")
+                 experiment_dir / layout.RESULTS)
         return
     base = base_overrides(overrides)
     if name == "slurm":
@@ -176,7 +177,7 @@ def submit_slurm(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str],
     import submitit
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-    folder = Path(launcher.get("folder") or experiment_dir / "slurm").absolute()
+    folder = Path(launcher.get("folder") or experiment_dir / layout.SLURM).absolute()
     ids: dict[str, str] = {}
     for job in jobs:
         resources = settings(launcher, job.kind)
@@ -244,7 +245,7 @@ def print_summary(jobs: Sequence[Job], ids: dict[str, str], folder: Path, experi
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     print("\n".join([f"submitted {len(jobs)} jobs for {experiment_dir}:", *lines,
                      f"watch: squeue --jobs={','.join(ids[j.name] for j in jobs)}   "
-                     f"(logs: {folder}/<job id>_0_log.out and .err; finished steps: {experiment_dir}/steps/)",
+                     f"(logs: {folder}/<job id>_0_log.out and .err; finished steps: {experiment_dir / layout.RECORDS}/)",
                      "resume or retry: re-run this same command; it submits only the steps that have not finished"]),
           flush=True)
 
@@ -252,7 +253,7 @@ def print_summary(jobs: Sequence[Job], ids: dict[str, str], folder: Path, experi
 def run_local(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str], experiment_dir: Path) -> None:
     """Run the jobs here as processes, each as soon as the jobs it needs finished (pair members at the same time),
     each pair member on its own `gpus_per_job` GPUs; logs in `<experiment>/jobs/<step>.log`."""
-    log_dir = experiment_dir / "jobs"
+    log_dir = experiment_dir / layout.JOBS
     log_dir.mkdir(parents=True, exist_ok=True)
     per_job = int(launcher.get("gpus_per_job") or 0)
     gpus = [str(g) for g in (launcher.get("gpus") or visible_gpus())] if per_job else []

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mckd.checkpoints import require_same_classes
 from mckd.data import SegmentationDataModule
 from mckd.data.source import Sample
-from mckd.layout import BEST, FINAL, TEACHER, label_step, member_of, student_names
+from mckd.layout import BEST, FINAL, TEACHER, label_step, lightning_dir, member_of, student_names
 from mckd.models import model_config
 from mckd.modules import Labeler, SegmentationModule, StudentModule
 from mckd.modules.segmentation import mean_iou
@@ -74,7 +74,7 @@ class Pipeline:
         kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
         loggers = [ResumingCSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
         # each step its own root: a SLURM requeue's hpc_ckpt_* of one step is never loaded into another
-        return L.Trainer(max_epochs=max_epochs, default_root_dir=self.exp.dir / "lightning" / step, logger=loggers,
+        return L.Trainer(max_epochs=max_epochs, default_root_dir=lightning_dir(self.exp.dir, step), logger=loggers,
                          callbacks=[*callbacks, *self.callbacks(step)], enable_progress_bar=show_progress(),
                          enable_model_summary=False, plugins=[AtomicCheckpointIO(), *cluster_plugins()], **kwargs)
 
