@@ -148,7 +148,7 @@ def launch(cfg: DictConfig, overrides: Sequence[str]) -> None:
                             f"(got stage={cfg.stage}, pair_stage={cfg.get('pair_stage')}, member={cfg.get('member')})")
     experiment_dir = Path(cfg.experiment_dir).absolute()
     exp = Experiment(experiment_dir, num_classes=1)
-    jobs = unfinished(job_graph(cfg.num_stages, cfg.num_partitions), lambda step: exp.record(step) is not None)
+    jobs = unfinished(job_graph(cfg.num_stages, cfg.num_partitions), exp.finished)
     if not jobs:
         log.info("%s: every step has finished; nothing to run (results: %s)", experiment_dir,
                  experiment_dir / layout.RESULTS)
