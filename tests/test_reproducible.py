@@ -77,6 +77,7 @@ def test_each_kill_point_alone_resumes_to_the_same_result(tmp_path, reference, p
     assert fingerprint(exp) == reference
 
 
+@pytest.mark.slow  # the default suite checks split commands with parallel members through SLURM (test_slurm.py)
 def test_split_stage_commands_and_parallel_members_equal_one_run(tmp_path, reference):
     """stage=teacher, then the pair members of stage 1 as two processes at once (one with loader workers), then
     the rest."""

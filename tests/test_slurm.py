@@ -214,6 +214,7 @@ with open(os.path.join(sys.argv[1], f"rank{trainer.global_rank}.json"), "w") as 
 """
 
 
+@pytest.mark.slow
 def test_two_srun_tasks_are_one_ddp_job_through_lightnings_slurm_environment(slurm, tmp_path):
     (tmp_path / "ddp_check.py").write_text(DDP_CHECK)
     proc = subprocess.run(["sbatch", "--parsable", "--wait", "--ntasks-per-node=2", "--nodes=1", "-J", "ddp-check",
