@@ -80,3 +80,11 @@ def test_the_learning_rate_is_logged_as_train_lr() -> None:
     assert sched_cfg["name"] == "train/lr"
     monitors = SegmentationModule.configure_callbacks(None)
     assert [type(m) for m in monitors] == [LearningRateMonitor] and monitors[0].logging_interval == "step"
+
+
+def test_the_config_check_knows_the_same_optimizers():
+    """validate.py checks optim.name before torch loads, with its own list: it must name what the module builds."""
+    from mckd.modules.segmentation import OPTIMIZERS as BUILT
+    from mckd.pipeline.validate import OPTIMIZERS as CHECKED
+
+    assert set(CHECKED) == set(BUILT)

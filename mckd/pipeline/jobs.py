@@ -140,15 +140,13 @@ def ignore_usr1() -> None:
 # -- launching ---------------------------------------------------------------------------------------------------
 def launch(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """Submit (slurm) or run (local) the experiment's unfinished jobs."""
-    from mckd.pipeline.experiment import Experiment
-
     name = cfg.launcher.name
     if cfg.stage != "all" or cfg.get("pair_stage") is not None or cfg.get("member") is not None:
         raise LauncherError(f"launcher={name} runs the whole experiment as jobs; drop stage=, pair_stage= and member= "
                             f"(got stage={cfg.stage}, pair_stage={cfg.get('pair_stage')}, member={cfg.get('member')})")
     experiment_dir = Path(cfg.experiment_dir).absolute()
-    exp = Experiment(experiment_dir, num_classes=1)
-    jobs = unfinished(job_graph(cfg.num_stages, cfg.num_partitions), exp.finished)
+    jobs = unfinished(job_graph(cfg.num_stages, cfg.num_partitions),
+                      lambda step: layout.record_path(experiment_dir, step).is_file())
     if not jobs:
         log.info("%s: every step has finished; nothing to run (results: %s)", experiment_dir,
                  experiment_dir / layout.RESULTS)
