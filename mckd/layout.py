@@ -117,6 +117,11 @@ def pseudo_label_dir(experiment: str | Path) -> Path:
     return Path(experiment) / PSEUDO_LABELS
 
 
+def label_stage_dir(store_root: str | Path, stage: int) -> Path:
+    """One stage's folder in a pseudo-label store (`pseudo_label_dir` of an experiment)."""
+    return Path(store_root) / f"stage{stage}"
+
+
 def finished_model_steps(experiment: str | Path) -> list[str]:
     """The model steps (labeling excluded) whose records exist."""
     return sorted(path.stem for path in (Path(experiment) / RECORDS).glob("*.json") if not is_label_step(path.stem))

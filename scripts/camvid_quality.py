@@ -36,28 +36,29 @@ ROW_JOBS = {"camvid_supervised": "supervised", "camvid_teacher": "teacher", "cam
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
 
 
-def run_job(out: Path, preset: str, seed: int, extra: list[str], tag: str = "") -> Path:
-    """One mckd-train process in the row's experiment directory (re-running it resumes); returns the directory."""
-    exp = out / f"seed{seed}" / preset
+def run_job(out: Path, preset: str, seed: int, extra: list[str], tag: str = "", exp: Path | None = None) -> Path:
+    """One mckd-train process in an experiment directory (by default the row's; re-running it resumes)."""
+    exp = exp or out / f"seed{seed}" / preset
     cmd = [sys.executable, "-m", "mckd.cli", f"experiment={preset}", f"seed={seed}", f"hydra.run.dir={exp}", *extra]
-    log = out / f"seed{seed}" / f"{preset}{tag}.log"
+    log = exp.parent / f"{exp.name}{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "CI": "true"})
     if proc.returncode != 0:
-        raise SystemExit(f"{preset}{tag} seed {seed} failed ({proc.returncode}): see {log}")
-    print(f"  {preset}{tag} seed {seed}: {time.time() - start:.0f} s", flush=True)
+        raise SystemExit(f"{exp.name}{tag} seed {seed} failed ({proc.returncode}): see {log}")
+    print(f"  {exp.name}{tag} seed {seed}: {time.time() - start:.0f} s", flush=True)
     return exp
 
 
-def copy_first_stage(src: Path, dst: Path) -> None:
-    """Give K=3 the K=2 run's teacher step and first pair stage, which are the same computation (same seed)."""
-    members = layout.student_names(1, 2)  # the presets' num_partitions
-    records = [layout.TEACHER, layout.label_step(0), layout.label_step(1), *members]
-    paths = [*(layout.record_path(src, step) for step in records),
-             layout.pseudo_label_dir(src),  # K=2 has stages 0 and 1 only
-             *(layout.checkpoint_dir(src, m) for m in members)]
+def copy_steps(src: Path, dst: Path, steps: list[str], label_stages: list[int]) -> None:
+    """Copy finished steps (records, checkpoints) and pseudo-label stages of one experiment into another: runs that
+    share a computation (same seed and settings up to that point) do it once."""
+    models = [step for step in steps if not layout.is_label_step(step)]
+    checkpoints = [layout.checkpoint_dir(src, m) for m in models]  # none for a teacher given as teacher.checkpoint
+    paths = [*(layout.record_path(src, step) for step in steps),
+             *(layout.label_stage_dir(layout.pseudo_label_dir(src), stage) for stage in label_stages),
+             *(path for path in checkpoints if path.is_dir())]
     for path in paths:
         target = dst / path.relative_to(src)
         if target.exists():
@@ -66,15 +67,39 @@ def copy_first_stage(src: Path, dst: Path) -> None:
         (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
 
 
-def seed_jobs(out: Path, seed: int, extra: list[str]) -> dict[str, tuple[list[str], Callable[[], object]]]:
+def copy_first_stage(src: Path, dst: Path) -> None:
+    """Give K=3 the K=2 run's teacher step and first pair stage, which are the same computation (same seed)."""
+    members = layout.student_names(1, 2)  # the presets' num_partitions
+    copy_steps(src, dst, [layout.TEACHER, layout.label_step(0), layout.label_step(1), *members], [0, 1])
+
+
+# the ablation: each knob of the recipe off, one pair stage on the recipe's teacher and stage-0 labels (a probe);
+# name -> (overrides, whether the probe only relabels with the recipe's students)
+PROBES = {
+    "no strong noise": (["student_aug.color_jitter=0", "student_aug.grayscale_prob=0", "student_aug.blur_prob=0",
+                         "student_aug.cutout_prob=0", "student_aug.cutmix_prob=0"], False),
+    "no CutMix": (["student_aug.cutmix_prob=0"], False),
+    "students as long as the teacher": (["train.student_ratio=1"], False),
+    "random partitions (no partition_group)": (["partition_group=null"], False),
+    "no label blending (previous_weight=0)": (["pseudo.previous_weight=0"], True),
+    "plus EMA weights (train.ema_decay=0.995)": (["train.ema_decay=0.995"], False),  # an addition, not in the recipe
+}
+
+
+def probe_dir(out: Path, seed: int, name: str) -> Path:
+    return out / f"seed{seed}" / ("probe_" + "".join(c if c.isalnum() else "_" for c in name).strip("_"))
+
+
+def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> dict[str, tuple[list[str], Callable]]:
     """The jobs of one seed as {name: (dependencies, run)}; pair members train in parallel processes."""
-    def job(preset: str, *args: str, tag: str = "") -> Callable[[], Path]:
-        return lambda: run_job(out, preset, seed, [*extra, *args], tag)
+    def job(preset: str, *args: str, tag: str = "", exp: Path | None = None) -> Callable[[], Path]:
+        return lambda: run_job(out, preset, seed, [*extra, *args], tag, exp)
 
     teacher = f"teacher.checkpoint={layout.best_checkpoint(out / f'seed{seed}' / 'camvid_teacher', layout.TEACHER)}"
     k2, k3 = out / f"seed{seed}" / "camvid_mckd", out / f"seed{seed}" / "camvid_mckd_k3"
+    members = layout.student_names(1, 2)  # the presets' num_partitions
     # the longest chain first (teacher -> K=2 pair -> K=3 pair -> K=3 final); jobs off it fill the gaps
-    jobs: dict[str, tuple[list[str], Callable[[], object]]] = {
+    jobs: dict[str, tuple[list[str], Callable]] = {
         "teacher": ([], job("camvid_teacher")),
         "supervised": ([], job("camvid_supervised")),
         "k2-labels0": (["teacher"], job("camvid_mckd", teacher, "stage=teacher", tag="-labels0")),
@@ -89,6 +114,20 @@ def seed_jobs(out: Path, seed: int, extra: list[str]) -> dict[str, tuple[list[st
         "k2-final": (["k3-copy"], job("camvid_mckd", teacher)),
         "vanilla": (["teacher"], job("camvid_vanilla_kd", teacher)),
     }
+    for name, (overrides, relabel_only) in PROBES.items() if probes else ():
+        d = probe_dir(out, seed, name)
+        if relabel_only:  # the recipe's students, labeling with other settings
+            jobs[f"{name}/copy"] = (["k2-a", "k2-b"], lambda d=d: copy_steps(
+                k2, d, [layout.TEACHER, layout.label_step(0), *members], [0]))
+            jobs[name] = ([f"{name}/copy"], job("camvid_mckd", teacher, "stage=first", *overrides, exp=d))
+            continue
+        start = job("camvid_mckd", teacher, "stage=teacher", *overrides, tag="-labels0", exp=d)
+        jobs[f"{name}/labels0"] = (["k2-labels0"], lambda d=d, start=start: (
+            copy_steps(k2, d, [layout.TEACHER, layout.label_step(0)], [0]), start()))
+        for m in ("a", "b"):
+            jobs[f"{name}/{m}"] = ([f"{name}/labels0"], job("camvid_mckd", teacher, "stage=first", f"member={m}",
+                                                            *overrides, tag=f"-{m}", exp=d))
+        jobs[name] = ([f"{name}/a", f"{name}/b"], job("camvid_mckd", teacher, "stage=first", *overrides, exp=d))
     return {f"seed{seed}/{name}": ([f"seed{seed}/{d}" for d in deps], run) for name, (deps, run) in jobs.items()}
 
 
@@ -103,23 +142,38 @@ def needed_by(jobs: dict[str, tuple[list[str], Callable[[], object]]], wanted: l
     return {name: job for name, job in jobs.items() if name in keep}
 
 
-def run_graph(jobs: dict[str, tuple[list[str], Callable[[], object]]], parallel: int) -> None:
-    """Run jobs as soon as their dependencies are done, at most `parallel` at once, in the order given."""
+def run_graph(jobs: dict[str, tuple[list[str], Callable[[], object]]], parallel: int) -> list[str]:
+    """Run jobs as soon as their dependencies are done, at most `parallel` at once, in the order given. A job that
+    fails is reported and skips what depends on it; the others go on. Returns the jobs that failed or were skipped."""
     done: set[str] = set()
+    failed: set[str] = set()
     running: dict[Future, str] = {}
     with ThreadPoolExecutor(parallel) as pool:
-        while len(done) < len(jobs):
+        while len(done | failed) < len(jobs):
             started = set(running.values())
             for name, (deps, run) in jobs.items():
-                if len(running) < parallel and name not in done | started and all(d in done for d in deps):
+                if name in done | failed | started:
+                    continue
+                if any(d in failed for d in deps):
+                    print(f"  {name}: skipped (needs a failed job)", flush=True)
+                    failed.add(name)
+                elif len(running) < parallel and all(d in done for d in deps):
                     running[pool.submit(run)] = name
                     started.add(name)
             if not running:
-                raise ValueError(f"jobs whose dependencies never finish: {sorted(set(jobs) - done)}")
+                if len(done | failed) < len(jobs):
+                    raise ValueError(f"jobs whose dependencies never finish: {sorted(set(jobs) - done - failed)}")
+                break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                future.result()
-                done.add(running.pop(future))
+                name = running.pop(future)
+                try:
+                    future.result()
+                    done.add(name)
+                except (Exception, SystemExit) as error:  # run_job raises SystemExit naming the job's log
+                    print(f"  {name}: FAILED: {error}", flush=True)
+                    failed.add(name)
+    return sorted(failed)
 
 
 def row_figures(exp: Path, preset: str) -> dict | None:
@@ -205,6 +259,37 @@ def label_classes_table(k3_dirs: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def pair_stage_figures(exp: Path) -> dict | None:
+    """Stage 0 and stage 1 label mIoU and the stage-1 students' mean val mIoU of a run; None until labeled."""
+    paths = [layout.record_path(exp, step) for step in
+             (layout.label_step(0), layout.label_step(1), *layout.student_names(1, 2))]
+    if not all(path.is_file() for path in paths):
+        return None
+    labels0, labels1, *students = (json.loads(path.read_text()) for path in paths)
+    return {"labels0": labels0["pseudo_label_miou"], "labels1": labels1["pseudo_label_miou"],
+            "students": statistics.mean(r["val_miou"] for r in students)}
+
+
+def ablation_table(out: Path, seeds: list[int]) -> str:
+    """Each probe (one knob of the recipe off) against the recipe's own first pair stage, seed by seed."""
+    recipe = {s: f for s in seeds if (f := pair_stage_figures(out / f"seed{s}" / "camvid_mckd"))}
+    lines = ["| first pair stage | seeds | students' val mIoU | stage-1 labels (stage 0: teacher) "
+             "| stage-1 labels minus the recipe's (same seed) |", "| --- | --- | ---: | ---: | ---: |"]
+    stage0 = mean_spread([f["labels0"] for f in recipe.values()]) if recipe else "-"
+    rows = [("the recipe (`camvid_mckd`)", recipe)]
+    rows += [(name, {s: f for s in recipe if (f := pair_stage_figures(probe_dir(out, s, name)))}) for name in PROBES]
+    for name, figures in rows:
+        if not figures:
+            continue
+        diffs = [f["labels1"] - recipe[s]["labels1"] for s, f in figures.items()]
+        lines.append(f"| {name} | {', '.join(map(str, figures))} | "
+                     f"{mean_spread([f['students'] for f in figures.values()])} | "
+                     f"{mean_spread([f['labels1'] for f in figures.values()])} | "
+                     f"{'-' if figures is recipe else mean_spread(diffs)} |")
+    lines.append(f"\nStage-0 labels (the teacher's, the same in every row of a seed): {stage0}.")
+    return "\n".join(lines) if len(lines) > 3 else ""
+
+
 def write_docs(text: str, docs: Path) -> None:
     old = docs.read_text() if docs.is_file() else "# Benchmarks\n"
     block = f"{BEGIN}\n{text}\n{END}"
@@ -224,16 +309,22 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     parser.add_argument("--rows", nargs="+", choices=list(ROW_JOBS), default=list(ROW_JOBS),
                         help="run only these rows (and what they need); the table shows every finished row")
+    parser.add_argument("--probe-seeds", type=int, nargs="*", default=[],
+                        help="also run the ablation probes (PROBES) for these seeds, after the table's jobs")
     parser.add_argument("overrides", nargs="*", help="extra mckd-train overrides for every job")
     args = parser.parse_args()
     extra = [f"trainer={args.trainer}", *args.overrides]
     start = time.time()
     if not args.table_only:
-        jobs = {}
-        for seed in args.seeds:  # seed by seed, so that the first seeds' rows finish first
-            seed_graph = seed_jobs(args.out, seed, extra)
-            jobs.update(needed_by(seed_graph, [f"seed{seed}/{ROW_JOBS[row]}" for row in args.rows]))
-        run_graph(jobs, args.parallel)
+        graphs = []
+        for seed in args.seeds:
+            seed_graph = seed_jobs(args.out, seed, extra, probes=seed in args.probe_seeds)
+            wanted = [f"seed{seed}/{ROW_JOBS[row]}" for row in args.rows]
+            wanted += [f"seed{seed}/{name}" for name in PROBES if seed in args.probe_seeds]
+            graphs.append(list(needed_by(seed_graph, wanted).items()))
+        # the same job of every seed before the next job: each seed's longest chain moves at the same pace
+        order = sorted((i, k) for k, graph in enumerate(graphs) for i in range(len(graph)))
+        failed = run_graph(dict(graphs[k][i] for i, k in order), args.parallel)
     exps = {(p, s): args.out / f"seed{s}" / p for _, p in ROWS for s in args.seeds}
     runs = {(p, s): row_figures(exps[(p, s)], p) for (p, s) in exps}
     figures = {p: {s: runs[(p, s)] for s in args.seeds if runs[(p, s)] is not None} for _, p in ROWS}
@@ -243,6 +334,8 @@ def main() -> None:
     classes = label_classes_table([exps[("camvid_mckd_k3", s)] for s in figures["camvid_mckd_k3"]])
     if classes:
         text += f"\n\nPer-class IoU of the MCKD K=3 row's pseudo-labels on the unlabeled split:\n\n{classes}\n"
+    if ablation := ablation_table(args.out, args.seeds):
+        text += f"\n\nAblation (one knob of the recipe off; the first pair stage on the recipe's teacher):\n\n{ablation}"
     seeds = " ".join(map(str, args.seeds))
     if args.table_only:
         text += f"\nRebuilt from the finished runs in `{args.out}` by `python scripts/camvid_quality.py --seeds {seeds} " \
@@ -256,6 +349,8 @@ def main() -> None:
     print(text)
     means = {p: statistics.mean(r["val_miou"] for r in figures[p].values()) for _, p in ROWS if figures[p]}
     print("RESULT " + " ".join(f"{p}={v:.4f}" for p, v in means.items()))
+    if not args.table_only and failed:
+        raise SystemExit(f"{len(failed)} jobs failed or were skipped: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -94,14 +94,16 @@ def make_cityscapes(root: str | Path, splits: dict[str, int] | None = None, size
 
 
 def make_camvid(root: str | Path, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (36, 48),
-                n_test: int = 0, seed: int = 0) -> Path:
-    """CamVid in the SegNet layout: {train,val,test}/ RGB PNGs and {split}annot/ masks with values 0..11."""
+                n_test: int = 0, seed: int = 0, videos: tuple[str, ...] = ("0001TP",)) -> Path:
+    """CamVid in the SegNet layout: {train,val,test}/ RGB PNGs and {split}annot/ masks with values 0..11; train
+    images take turns among `videos` (the ids' prefixes, as CamVid's sequences)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     values = np.arange(CAMVID_UNLABELLED + 1)
     for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
         for i in range(count):
-            name = f"0001TP_{split}_{i:04d}.png"
+            video = videos[i % len(videos)] if split == "train" else videos[0]
+            name = f"{video}_{split}_{i:04d}.png"
             save(random_image(rng, size), root / split / name)
             save(blocky_labels(rng, size, values), root / f"{split}annot" / name)
     return root

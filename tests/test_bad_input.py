@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_module
 
 from mckd.data.registry import build_source
 from mckd.data.splits import build_splits
-from mckd.pipeline.identity import identity
+from mckd.pipeline.identity import differences, identity
 from mckd.pipeline.lock import StepLockedError, lock_path, step_lock
 from mckd.pipeline.validate import check_dataset
 
@@ -274,6 +274,15 @@ def test_identity_is_whole_nodes_without_speed_keys() -> None:
     assert not {k for k in keys if k.split(".")[0] in ("trainer", "logger", "stage", "member", "pair_stage",
                                                        "experiment_dir", "resume_mismatch", "eval")}
     assert not {"dataset.num_workers", "dataset.eval_batch_size", "teacher.checkpoint"} & set(keys)
+
+
+def test_a_key_added_since_with_a_null_value_is_no_mismatch(tmp_path: Path) -> None:
+    """An experiment started before a key existed resumes when the key is null now (what its absence meant)."""
+    cfg = train_config("train.ema_decay=null")
+    stored = {k: v for k, v in identity(cfg).items() if k != "train.ema_decay"}
+    (tmp_path / "identity.json").write_text(json.dumps(stored))
+    assert differences(cfg, tmp_path) == []
+    assert [key for key, _, _ in differences(train_config("train.ema_decay=0.99"), tmp_path)] == ["train.ema_decay"]
 
 
 def test_resume_mismatch_allow_goes_on(experiment: Path, tmp_path: Path, mckd_cli) -> None:

@@ -125,12 +125,30 @@ def test_student_epochs_default_to_the_teachers_times_the_ratio(tmp_path):
     assert (pipe.epochs("teacher"), pipe.epochs("student"), pipe.epochs("final")) == (10, 15, 4)
 
 
+def test_ema_weights_are_what_is_saved_scored_and_labeled_with(tmp_path):
+    """With train.ema_decay, best.ckpt holds the average (not the last weights), and the record's val mIoU is
+    that checkpoint's own score (scored without the callback swapping in the final average)."""
+    from test_evaluate import eval_config
+
+    from mckd.evaluate import evaluate
+
+    smoke(tmp_path / "exp", "stage=teacher", "train.ema_decay=0.9")
+    record = json.loads((tmp_path / "exp" / "steps" / "teacher.json").read_text())
+    best = tmp_path / "exp" / record["checkpoint"]
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    averaged, current = saved["state_dict"], saved["current_model_state"]
+    assert averaged.keys() == current.keys() and "n_averaged" in saved["averaging_state"]
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged if averaged[k].is_floating_point())
+    overrides = [f"checkpoint={best}", f"output={tmp_path / 'eval.json'}"]
+    assert evaluate(eval_config(*overrides), overrides)["miou"] == pytest.approx(record["val_miou"], abs=1e-4)
+
+
 @pytest.mark.parametrize("extra", [(), pytest.param(("pseudo.soft_topk=2", "student_loss.soft_weight=1"),
                                                     marks=pytest.mark.slow)])
 def test_smoke_pipeline_with_every_knob_on(tmp_path, extra):
     results = smoke(tmp_path / "exp", *STRONG, "labeled_fraction=0.5", "train.student_ratio=2",
                     "pseudo.scales=[0.75,1.0,1.5]", "pseudo.previous_weight=0.3", "num_stages=3",
-                    "student_aug.cutmix_prob=1.0", "repartition=true", *extra)
+                    "student_aug.cutmix_prob=1.0", "repartition=true", "train.ema_decay=0.9", *extra)
     assert [s["stage"] for s in results["stages"]] == [1, 2]
     assert results["final"]["val_miou"] is not None
     manifest = json.loads((tmp_path / "exp" / "pseudo_labels" / "stage2" / "manifest.json").read_text())

@@ -49,7 +49,7 @@ def test_k3_members_start_before_k2_final(tmp_path: Path, monkeypatch: pytest.Mo
     """The longest chain goes first: when K=2's labels are done, K=3's members take the free slots."""
     started: list[str] = []
 
-    def fake_run(out: Path, preset: str, seed: int, extra: list[str], tag: str = "") -> Path:
+    def fake_run(out: Path, preset: str, seed: int, extra: list[str], tag: str = "", exp: Path | None = None) -> Path:
         started.append(preset + tag)
         time.sleep(0.02)
         return out
@@ -58,6 +58,28 @@ def test_k3_members_start_before_k2_final(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(camvid_quality, "copy_first_stage", lambda src, dst: None)
     camvid_quality.run_graph(camvid_quality.seed_jobs(tmp_path, 0, []), parallel=2)
     assert started.index("camvid_mckd_k3-b") < started.index("camvid_mckd")  # camvid_mckd: K=2's final student
+
+
+def test_a_failed_job_skips_its_dependents_and_the_rest_go_on() -> None:
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise SystemExit("broken: see its log")
+
+    graph = {"bad": ([], fail), "after-bad": (["bad"], lambda: ran.append("after-bad")),
+             "other": ([], lambda: ran.append("other")), "after-other": (["other"], lambda: ran.append("after-other"))}
+    assert camvid_quality.run_graph(graph, parallel=2) == ["after-bad", "bad"]
+    assert sorted(ran) == ["after-other", "other"]
+
+
+def test_probes_reuse_the_recipe_teacher_and_students(tmp_path: Path) -> None:
+    """Every ablation probe starts from the recipe's stage-0 labels; a relabel-only probe trains no student."""
+    jobs = camvid_quality.seed_jobs(tmp_path, 0, [], probes=True)
+    for name, (_, relabel_only) in camvid_quality.PROBES.items():
+        probe = camvid_quality.needed_by(jobs, [f"seed0/{name}"])
+        assert "seed0/k2-labels0" in probe and "seed0/k2-final" not in probe
+        assert (f"seed0/{name}/a" in probe) != relabel_only
+        assert ("seed0/k2-a" in probe) == relabel_only
 
 
 def test_a_job_that_can_never_start_is_an_error() -> None:
@@ -75,7 +97,7 @@ def test_docs_table_is_replaced_between_its_markers(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_whole_table_on_generated_camvid(tmp_path: Path) -> None:
     """Every row's runs (pair members as separate processes, K=3 from K=2's first stage) and the docs table."""
-    make_camvid(tmp_path / "data" / "camvid", n_train=16, n_val=4)
+    make_camvid(tmp_path / "data" / "camvid", n_train=16, n_val=4, videos=("0001TP", "0006R0"))
     docs = tmp_path / "benchmarks.md"
     env = {**cli_env(tmp_path), "MCKD_DATA_ROOT": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "scripts" / "camvid_quality.py"), "--seeds", "0", "--parallel", "2",

@@ -75,8 +75,9 @@ def differences(cfg: DictConfig, directory: str | Path) -> list[tuple[str, Any, 
     path = identity_path(directory)
     if path.is_file():
         stored, now = read_json(path), identity(cfg)
+        # a key added to the code since (or dropped) whose value is null means what its absence meant
         found = [(key, stored.get(key, NOT_SET), now.get(key, NOT_SET)) for key in sorted(stored.keys() | now.keys())
-                 if stored.get(key, NOT_SET) != now.get(key, NOT_SET)]
+                 if stored.get(key) != now.get(key)]
     checkpoint = OmegaConf.select(cfg, "teacher.checkpoint")
     source = teacher_source(directory)
     if checkpoint and source is not None and source != str(Path(checkpoint).resolve()):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mckd.checkpoints import require_same_classes
@@ -130,10 +130,14 @@ class Pipeline:
         checkpoint = ModelCheckpoint(dirpath=self.exp.checkpoint_dir(name), filename=BEST, monitor="val/miou",
                                      mode="max", save_last=True, enable_version_counter=False)
         module = build()
-        trainer = self.trainer(name, epochs, [checkpoint])
+        ema = self.cfg.train.get("ema_decay")
+        averaging = [EMAWeightAveraging(decay=float(ema))] if ema else []
+        trainer = self.trainer(name, epochs, [checkpoint, *averaging])
         trainer.fit(module, datamodule=self.dm, ckpt_path=resume, weights_only=True)
         last = str(self.exp.last_checkpoint(name))
         best = checkpoint.best_model_path or last
+        if averaging:  # the checkpoints hold the average; a trainer without the callback scores them as saved
+            trainer = self.trainer(name, epochs)
         # val both selects best.ckpt and scores it; the last epoch's figure shows how much selection adds
         last_val = self.evaluate(trainer, module, last) if last != best else None
         scores = self.evaluate(trainer, module, best)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mckd import layout
 from mckd.atomic import atomic_write, png_bytes, read_json, write_json
 from mckd.errors import MckdError
 
@@ -55,7 +56,7 @@ class PseudoLabelStore:
         self.num_classes = num_classes
 
     def stage_dir(self, stage: int) -> Path:
-        return self.root / f"stage{stage}"
+        return layout.label_stage_dir(self.root, stage)
 
     def manifest_path(self, stage: int) -> Path:
         return self.stage_dir(stage) / "manifest.json"

@@ -149,6 +149,7 @@ RULES: dict[str, Rule] = {
     "student_aug.cutmix_prob": fraction(),
     "train.teacher_epochs": integer(1),
     "train.student_ratio": number(positive=True),
+    "train.ema_decay": optional(number(0, below=1)),
     "pictures.enabled": boolean(),
     "pictures.num_images": integer(1),
     "eval.flip": boolean(),
