@@ -75,14 +75,14 @@ def copy_first_stage(src: Path, dst: Path) -> None:
 
 # the ablation: each knob of the recipe off, one pair stage on the recipe's teacher and stage-0 labels (a probe);
 # name -> (overrides, whether the probe only relabels with the recipe's students)
-PROBES = {
+PROBES = {  # in the order they run (after the table's jobs): the most telling first
     "no strong noise": (["student_aug.color_jitter=0", "student_aug.grayscale_prob=0", "student_aug.blur_prob=0",
                          "student_aug.cutout_prob=0", "student_aug.cutmix_prob=0"], False),
-    "no CutMix": (["student_aug.cutmix_prob=0"], False),
     "students as long as the teacher": (["train.student_ratio=1"], False),
-    "random partitions (no partition_group)": (["partition_group=null"], False),
     "no label blending (previous_weight=0)": (["pseudo.previous_weight=0"], True),
+    "random partitions (no partition_group)": (["partition_group=null"], False),
     "plus EMA weights (train.ema_decay=0.995)": (["train.ema_decay=0.995"], False),  # an addition, not in the recipe
+    "no CutMix": (["student_aug.cutmix_prob=0"], False),
 }
 
 
