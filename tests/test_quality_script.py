@@ -82,6 +82,21 @@ def test_probes_reuse_the_recipe_teacher_and_students(tmp_path: Path) -> None:
         assert ("seed0/k2-a" in probe) == relabel_only
 
 
+def test_a_finished_command_is_not_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_subprocess_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(camvid_quality.subprocess, "run", fake_subprocess_run)
+    camvid_quality.run_job(tmp_path, "camvid_teacher", 0, ["trainer=cpu"])
+    camvid_quality.run_job(tmp_path, "camvid_teacher", 0, ["trainer=cpu"])
+    assert len(calls) == 1
+    camvid_quality.run_job(tmp_path, "camvid_teacher", 0, ["trainer=gpu"])  # another command: it runs
+    assert len(calls) == 2
+
+
 def test_a_job_that_can_never_start_is_an_error() -> None:
     with pytest.raises(ValueError, match="never finish"):
         camvid_quality.run_graph({"a": (["missing"], lambda: None)}, parallel=1)
