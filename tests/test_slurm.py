@@ -241,3 +241,61 @@ def test_local_launcher_runs_the_same_graph_with_parallel_members(tmp_path, refe
     finished_a = next(i for i, line in enumerate(order) if line.startswith("stage1-a: finished"))
     assert started_b < finished_a, order  # b started before a finished: at the same time
     assert os.path.getsize(exp / "results.json") > 0
+
+
+def squeue_state(cluster: Cluster, job_id: str) -> str:
+    """The job's state in the queue ('' once it has left it)."""
+    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                          env={**os.environ, "SLURM_CONF": str(cluster.conf)})
+    return proc.stdout.strip()
+
+
+def wait_until(ready, what: str, timeout: float = 120, every: float = 0.2) -> None:
+    end = time.time() + timeout
+    while not ready():
+        if time.time() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def test_requeued_and_cancelled_jobs_resume_their_own_step(slurm, tmp_path):
+    """The teacher's job is requeued mid-training (`scontrol requeue`), then cancelled (`scancel`): SLURM cancels
+    the jobs that wait for it; re-running the command resubmits them, and the teacher resumes from its own step's
+    last.ckpt each time and finishes. (That a resumed training ends as an uninterrupted one is test_reproducible's.)"""
+    args = ("train.teacher_epochs=30",)
+    exp = tmp_path / "exp"
+    env = {**cli_env(tmp_path), "SLURM_CONF": str(slurm.conf)}
+    mckd_train(exp, *SLURM_ARGS, *args, env=env)
+    table = exp / "slurm" / "jobs.jsonl"
+    first = {row["step"]: row["job_id"] for row in map(json.loads, table.read_text().splitlines())}
+    teacher = first["teacher"]
+    last = exp / "checkpoints" / "teacher" / "last.ckpt"
+    cli_log = exp / "cli.log"
+
+    def resumed() -> int:
+        return cli_log.read_text().count("teacher: training for 30 epochs, resuming from") if cli_log.is_file() else 0
+
+    wait_until(last.is_file, "the teacher's first last.ckpt")
+    subprocess.run(["scontrol", "requeue", teacher], check=True, capture_output=True, env=env)
+    # SLURM holds a requeued job back for two minutes (its begin time); once it is pending, let it start at once
+    wait_until(lambda: squeue_state(slurm, teacher) == "PENDING", "the requeued teacher to be pending", timeout=60)
+    subprocess.run(["scontrol", "update", f"jobid={teacher}", "StartTime=now"], check=True, capture_output=True, env=env)
+    wait_until(lambda: resumed() == 1, "the requeued teacher to resume")
+    mtime = last.stat().st_mtime
+    wait_until(lambda: last.stat().st_mtime > mtime, "the resumed teacher's next epoch")
+    subprocess.run(["scancel", teacher], check=True, capture_output=True, env=env)
+    wait_until(lambda: not any(squeue_state(slurm, i) for i in first.values()), "the queue to empty", timeout=60)
+    assert not (exp / "steps" / "teacher.json").exists()  # cancelled before it finished
+
+    mckd_train(exp, *SLURM_ARGS, *args, env=env)
+    rows = [json.loads(line) for line in table.read_text().splitlines()]
+    second = {row["step"]: row["job_id"] for row in rows[len(first):]}
+    assert list(second) == list(first)  # nothing had finished: the whole graph again, new ids
+    wait_for_jobs(slurm, [second["teacher"]], exp)
+    subprocess.run(["scancel", *second.values()], capture_output=True, env=env)  # the rest is not this test's
+    assert resumed() == 2
+    resumes = [line for line in cli_log.read_text().splitlines() if "resuming from" in line]
+    assert all(line.endswith(f"resuming from {last}") for line in resumes), resumes  # its own step's checkpoint
+
+    assert json.loads((exp / "steps" / "teacher.json").read_text())["val_miou"] is not None
+    assert json.loads((exp / "steps" / "label-stage0.json").read_text())["pseudo_label_miou"] is not None
