@@ -39,8 +39,11 @@ def quiet_libraries() -> None:
 
 
 def run_pipeline(cfg: DictConfig) -> dict | None:
-    from mckd.pipeline.validate import validate
+    from mckd.pipeline.validate import replace_deprecated_values, validate
 
+    for arg in DEPRECATED_ARGS:
+        log.warning("%s is deprecated and will be removed in the next release", arg)
+    replace_deprecated_values(cfg)
     validate(cfg)  # before Lightning loads: bad input fails in a second, and before the seed (model builds draw)
     if cfg.get("launcher", {}).get("name", "none") != "none":  # submit (or run) the experiment as jobs
         from hydra.core.hydra_config import HydraConfig
@@ -58,8 +61,14 @@ def run_pipeline(cfg: DictConfig) -> dict | None:
 
 
 def member_alias(argv: list[str]) -> list[str]:
-    """`student=a` (one pair member) means `member=a`: the `student` node itself is the student's model."""
-    return [re.sub(r"^student=([a-z])$", r"member=\1", arg) for arg in argv]
+    """`student=a` (one pair member), deprecated, means `member=a`: the `student` node itself is the student's
+    model. Each rewrite is remembered, to be warned of once logging is set up."""
+    rewritten = [re.sub(r"^student=([a-z])$", r"member=\1", arg) for arg in argv]
+    DEPRECATED_ARGS.extend(f"{old} (use {new})" for old, new in zip(argv, rewritten) if old != new)
+    return rewritten
+
+
+DEPRECATED_ARGS: list[str] = []
 
 
 def train() -> None:

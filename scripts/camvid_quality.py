@@ -108,12 +108,12 @@ def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> d
         "teacher": ([], job("camvid_teacher")),
         "supervised": ([], job("camvid_supervised")),
         "k2-labels0": (["teacher"], job("camvid_mckd", teacher, "stage=teacher", tag="-labels0")),
-        "k2-a": (["k2-labels0"], job("camvid_mckd", teacher, "stage=first", "member=a", tag="-a")),
-        "k2-b": (["k2-labels0"], job("camvid_mckd", teacher, "stage=first", "member=b", tag="-b")),
-        "k2-labels1": (["k2-a", "k2-b"], job("camvid_mckd", teacher, "stage=first", tag="-labels1")),
+        "k2-a": (["k2-labels0"], job("camvid_mckd", teacher, "stage=pairs", "member=a", tag="-a")),
+        "k2-b": (["k2-labels0"], job("camvid_mckd", teacher, "stage=pairs", "member=b", tag="-b")),
+        "k2-labels1": (["k2-a", "k2-b"], job("camvid_mckd", teacher, "stage=pairs", tag="-labels1")),
         "k3-copy": (["k2-labels1"], lambda: copy_first_stage(k2, k3)),
-        "k3-a": (["k3-copy"], job("camvid_mckd_k3", teacher, "stage=first", "pair_stage=2", "member=a", tag="-a")),
-        "k3-b": (["k3-copy"], job("camvid_mckd_k3", teacher, "stage=first", "pair_stage=2", "member=b", tag="-b")),
+        "k3-a": (["k3-copy"], job("camvid_mckd_k3", teacher, "stage=pairs", "pair_stage=2", "member=a", tag="-a")),
+        "k3-b": (["k3-copy"], job("camvid_mckd_k3", teacher, "stage=pairs", "pair_stage=2", "member=b", tag="-b")),
         "k3-final": (["k3-a", "k3-b"], job("camvid_mckd_k3", teacher)),
         # after the copy, so that the K=3 members, listed first, take the free slots before it
         "k2-final": (["k3-copy"], job("camvid_mckd", teacher)),
@@ -124,15 +124,15 @@ def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> d
         if relabel_only:  # the recipe's students, labeling with other settings
             jobs[f"{name}/copy"] = (["k2-a", "k2-b"], lambda d=d: copy_steps(
                 k2, d, [layout.TEACHER, layout.label_step(0), *members], [0]))
-            jobs[name] = ([f"{name}/copy"], job("camvid_mckd", teacher, "stage=first", *overrides, exp=d))
+            jobs[name] = ([f"{name}/copy"], job("camvid_mckd", teacher, "stage=pairs", *overrides, exp=d))
             continue
         start = job("camvid_mckd", teacher, "stage=teacher", *overrides, tag="-labels0", exp=d)
         jobs[f"{name}/labels0"] = (["k2-labels0"], lambda d=d, start=start: (
             copy_steps(k2, d, [layout.TEACHER, layout.label_step(0)], [0]), start()))
         for m in ("a", "b"):
-            jobs[f"{name}/{m}"] = ([f"{name}/labels0"], job("camvid_mckd", teacher, "stage=first", f"member={m}",
+            jobs[f"{name}/{m}"] = ([f"{name}/labels0"], job("camvid_mckd", teacher, "stage=pairs", f"member={m}",
                                                             *overrides, tag=f"-{m}", exp=d))
-        jobs[name] = ([f"{name}/a", f"{name}/b"], job("camvid_mckd", teacher, "stage=first", *overrides, exp=d))
+        jobs[name] = ([f"{name}/a", f"{name}/b"], job("camvid_mckd", teacher, "stage=pairs", *overrides, exp=d))
     return {f"seed{seed}/{name}": ([f"seed{seed}/{d}" for d in deps], run) for name, (deps, run) in jobs.items()}
 
 

@@ -111,7 +111,7 @@ CASES = [
     Case("num_stages=0", ("num_stages=0",), ("num_stages=0", "an integer >= 1")),
     Case("num_partitions=1", ("num_partitions=1",), ("num_partitions=1", "at least 2")),
     Case("stage=frist", ("stage=frist",), ("stage='frist'", "all, teacher, first, final")),
-    Case("member=z", ("stage=first", "member=z"), ("member='z'", "a, b")),
+    Case("member=z", ("stage=pairs", "member=z"), ("member='z'", "a, b")),
     Case("pair_stage out of range", ("pair_stage=3",), ("pair_stage=3", "1..1")),
     Case("negative labeled_weight", ("labeled_weight=-1",), ("labeled_weight=-1", ">= 0")),
     Case("confidence_threshold=2", ("pseudo.confidence_threshold=2",), ("pseudo.confidence_threshold=2", "< 1")),
@@ -346,7 +346,7 @@ def test_a_member_leaves_cross_labeling_to_the_process_that_holds_its_lock(tmp_p
     exp = tmp_path / "exp"
     run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", "member=a"))
     with step_lock(exp, "label-stage1"):  # as if member a's process were cross-labeling right now
-        run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", "stage=first", "member=b"))
+        run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", "stage=pairs", "member=b"))
     assert (exp / "steps" / "stage1-b.json").is_file() and not (exp / "steps" / "label-stage1.json").exists()
-    run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", "stage=first"))
+    run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", "stage=pairs"))
     assert (exp / "steps" / "label-stage1.json").is_file()

@@ -208,7 +208,7 @@ def test_soft_labels_and_threshold_run(tmp_path):
 
 def test_steps_fail_clearly_without_earlier_steps(tmp_path):
     with pytest.raises(IncompleteStageError, match="stage 0"):
-        smoke(tmp_path / "exp", "stage=first")
+        smoke(tmp_path / "exp", "stage=pairs")
 
 
 def test_resume_after_failure_skips_finished_steps(tmp_path, monkeypatch, caplog):
@@ -256,19 +256,32 @@ def test_resume_after_failure_skips_finished_steps(tmp_path, monkeypatch, caplog
 def test_pair_members_as_separate_jobs(tmp_path):
     exp = tmp_path / "exp"
     smoke(exp, "stage=teacher")
-    res = smoke(exp, "stage=first", "member=a")
+    res = smoke(exp, "stage=pairs", "member=a")
     assert not (exp / "pseudo_labels" / "stage1" / "manifest.json").exists()  # waits for member b
     assert [s["name"] for s in res["stages"][0]["students"]] == ["stage1-a"]
-    smoke(exp, "stage=first", "member=b")
+    smoke(exp, "stage=pairs", "member=b")
     assert (exp / "pseudo_labels" / "stage1" / "manifest.json").is_file()
     assert smoke(exp, "stage=final")["final"] is not None
 
 
-def test_student_letter_is_an_alias_of_member():
-    from mckd.cli import member_alias
+def test_student_letter_is_a_deprecated_alias_of_member(monkeypatch):
+    from mckd import cli
 
-    assert member_alias(["stage=first", "student=b", "model@student=unet_resnet18", "student.encoder=x"]) == [
-        "stage=first", "member=b", "model@student=unet_resnet18", "student.encoder=x"]
+    monkeypatch.setattr(cli, "DEPRECATED_ARGS", [])
+    assert cli.member_alias(["stage=pairs", "student=b", "model@student=unet_resnet18", "student.encoder=x"]) == [
+        "stage=pairs", "member=b", "model@student=unet_resnet18", "student.encoder=x"]
+    assert cli.DEPRECATED_ARGS == ["student=b (use member=b)"]
+
+
+def test_stage_first_is_a_deprecated_name_of_pairs(caplog):
+    from mckd.pipeline.validate import replace_deprecated_values
+
+    cfg = compose_train("stage=first")
+    with caplog.at_level("WARNING", logger="mckd"):
+        replace_deprecated_values(cfg)
+    assert cfg.stage == "pairs"
+    assert [r.getMessage() for r in caplog.records] == [
+        "stage=first is deprecated and will be removed in the next release: use stage=pairs"]
 
 
 # -- CLI: DDP, sweeps ------------------------------------------------------------------------------

@@ -84,11 +84,11 @@ def test_split_stage_commands_and_parallel_members_equal_one_run(tmp_path, refer
     exp = tmp_path / "exp"
     run(exp, "stage=teacher")
     with ThreadPoolExecutor(2) as pool:
-        members = [pool.submit(run, exp, "stage=first", "pair_stage=1", "member=b", "dataset.num_workers=2"),
-                   pool.submit(run, exp, "stage=first", "pair_stage=1", "member=a")]
+        members = [pool.submit(run, exp, "stage=pairs", "pair_stage=1", "member=b", "dataset.num_workers=2"),
+                   pool.submit(run, exp, "stage=pairs", "pair_stage=1", "member=a")]
         for member in members:
             member.result()
-    run(exp, "stage=first")
+    run(exp, "stage=pairs")
     run(exp, "stage=final")
     assert fingerprint(exp) == reference
 

@@ -40,9 +40,9 @@ def test_graph_is_teacher_parallel_members_labeling_final():
                           "final"]
     assert jobs["teacher"].after == () and jobs["teacher"].records == ("teacher", "label-stage0")
     assert jobs["stage1-a"].after == jobs["stage1-b"].after == ("teacher",)
-    assert jobs["stage1-b"].overrides == ("stage=first", "pair_stage=1", "member=b")
+    assert jobs["stage1-b"].overrides == ("stage=pairs", "pair_stage=1", "member=b")
     assert jobs["label-stage1"].after == ("stage1-a", "stage1-b") and jobs["label-stage1"].kind == "label"
-    assert jobs["label-stage1"].overrides == ("stage=first", "pair_stage=1")
+    assert jobs["label-stage1"].overrides == ("stage=pairs", "pair_stage=1")
     assert jobs["stage2-a"].after == ("label-stage1",) and jobs["final"].after == ("label-stage2",)
     assert jobs["final"].overrides == ("stage=final",)
     assert len(job_graph(num_stages=2, num_partitions=3)) == 1 + 3 + 1 + 1
@@ -69,7 +69,7 @@ def test_command_lines_keep_the_users_overrides_and_derive_devices_from_nodes_an
     train, label = settings(cfg.launcher, "train"), settings(cfg.launcher, "label")
     argv = command(graph["stage1-b"], base, Path("/shared/exp"), train)
     assert argv[1:3] == ["-m", "mckd.cli"] and argv[3:6] == base
-    assert argv[6:] == ["hydra.run.dir=/shared/exp", "stage=first", "pair_stage=1", "member=b", "trainer.devices=4",
+    assert argv[6:] == ["hydra.run.dir=/shared/exp", "stage=pairs", "pair_stage=1", "member=b", "trainer.devices=4",
                         "++trainer.num_nodes=2"]
     params = sbatch_parameters(graph["stage1-b"], train, after=["11"])
     assert (params["nodes"], params["ntasks_per_node"], params["gpus_per_node"]) == (2, 4, 4)

@@ -1,8 +1,8 @@
 """The experiment as a graph of dependent jobs, submitted to SLURM (`launcher=slurm`) or run on this machine
 (`launcher=local`).
 
-Each job is one of mckd-train's split commands (`stage=teacher`, `stage=first pair_stage=K member=a`,
-`stage=first pair_stage=K`, `stage=final`) on the same experiment directory, which is the only state the jobs
+Each job is one of mckd-train's split commands (`stage=teacher`, `stage=pairs pair_stage=K member=a`,
+`stage=pairs pair_stage=K`, `stage=final`) on the same experiment directory, which is the only state the jobs
 share. A job whose records (`steps/<name>.json`) exist is not submitted again, so re-running the command that
 submitted an experiment submits what has not finished. Scheduling is SLURM's (`--dependency=afterok`), submission
 submitit's; this module only builds the graph and the command lines.
@@ -58,10 +58,10 @@ def job_graph(num_stages: int, num_partitions: int) -> list[Job]:
     for stage in range(1, num_stages):
         members = student_names(stage, num_partitions)
         for name in members:
-            jobs.append(Job(name, "train", ("stage=first", f"pair_stage={stage}", f"member={member_of(name)}"),
+            jobs.append(Job(name, "train", ("stage=pairs", f"pair_stage={stage}", f"member={member_of(name)}"),
                             (name,), previous))
         label = label_step(stage)
-        jobs.append(Job(label, "label", ("stage=first", f"pair_stage={stage}"), (label,), tuple(members)))
+        jobs.append(Job(label, "label", ("stage=pairs", f"pair_stage={stage}"), (label,), tuple(members)))
         previous = (label,)
     jobs.append(Job(FINAL, "train", ("stage=final",), (FINAL,), previous))
     return jobs

@@ -290,7 +290,7 @@ class Pipeline:
         if stage in ("all", "teacher"):
             self.run_teacher()
         ready = True
-        if stage in ("all", "first"):
+        if stage in ("all", "pairs"):
             pair_stages = [self.cfg.pair_stage] if self.cfg.pair_stage else range(1, self.cfg.num_stages)
             for k in pair_stages:
                 ready = self.run_pair_stage(k) and ready

@@ -110,5 +110,5 @@ class PseudoLabelStore:
         if manifest is None:
             raise IncompleteStageError(
                 f"pseudo-labels of stage {stage} are missing or incomplete (no complete {self.manifest_path(stage)}): "
-                "run the steps before this one first (stage=teacher makes stage 0, stage=first the later ones)")
+                "run the steps before this one first (stage=teacher makes stage 0, stage=pairs the later ones)")
         return StageReader(self.stage_dir(stage), manifest)

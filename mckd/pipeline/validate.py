@@ -32,7 +32,9 @@ from mckd.pipeline.partition import stage_partitions
 
 log = logging.getLogger("mckd")
 
-STAGES = ("all", "teacher", "first", "final")
+STAGES = ("all", "teacher", "pairs", "final")
+# old spellings still accepted, with a warning, until the next release: key -> {old value: new value}
+DEPRECATED_VALUES = {"stage": {"first": "pairs"}}
 OPTIMIZERS = ("adamw", "sgd")
 MISMATCH_CHOICES = ("stop", "allow")
 _ABSENT = object()
@@ -108,7 +110,7 @@ def optional(rule: Rule) -> Rule:
 
 # key -> rule; keys absent from a config are left to their defaults in the code
 RULES: dict[str, Rule] = {
-    "stage": choice(*STAGES),
+    "stage": choice(*STAGES, *DEPRECATED_VALUES["stage"]),
     "seed": integer(),
     "num_stages": integer(1),
     "num_partitions": integer(1),
@@ -369,6 +371,16 @@ def check_inputs(cfg: DictConfig) -> None:
     check_models(cfg, num_classes)
     if cfg.teacher.get("checkpoint"):
         check_teacher_checkpoint(cfg.teacher.checkpoint, cfg.dataset.name, num_classes)
+
+
+def replace_deprecated_values(cfg: DictConfig) -> None:
+    """Rewrite old spellings (DEPRECATED_VALUES) to their new names in `cfg`, with one warning each."""
+    for key, renamed in DEPRECATED_VALUES.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value in renamed:
+            log.warning("%s=%s is deprecated and will be removed in the next release: use %s=%s", key, value, key,
+                        renamed[value])
+            OmegaConf.update(cfg, key, renamed[value])
 
 
 def validate(cfg: DictConfig) -> None:
