@@ -198,6 +198,22 @@ def test_a_rejected_submission_is_one_clear_line(slurm, tmp_path):
     assert len(errors) == 1 and "sbatch rejected job teacher" in errors[0] and "partition" in errors[0], errors
 
 
+def test_resubmitting_while_its_jobs_are_queued_is_one_clear_line(slurm, tmp_path):
+    exp = tmp_path / "exp"
+    env = {**cli_env(tmp_path), "SLURM_CONF": str(slurm.conf)}
+    mckd_train(exp, *SLURM_ARGS, env=env)
+    ids = [json.loads(line)["job_id"] for line in (exp / "slurm" / "jobs.jsonl").read_text().splitlines()]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mckd.cli", *ARGS, *SLURM_ARGS, f"hydra.run.dir={exp}"],
+                              capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        subprocess.run(["scancel", *ids], capture_output=True, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "still queued or running" in errors[0] and "scancel" in errors[0], errors
+    assert len((exp / "slurm" / "jobs.jsonl").read_text().splitlines()) == len(ids)  # nothing submitted twice
+
+
 DDP_CHECK = """
 import json, os, sys
 import lightning as L

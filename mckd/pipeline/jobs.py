@@ -10,6 +10,7 @@ submitit's; this module only builds the graph and the command lines.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -176,6 +177,11 @@ def submit_slurm(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str],
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     folder = Path(launcher.get("folder") or experiment_dir / layout.SLURM).absolute()
+    if queued := queued_jobs(folder, experiment_dir):
+        raise LauncherError(
+            f"launcher=slurm: {len(queued)} jobs of {experiment_dir} are still queued or running ("
+            + ", ".join(f"{i} {step}" for i, step in queued.items())
+            + f"); wait for them (squeue --jobs={','.join(queued)}) or scancel them, then re-run the same command")
     ids: dict[str, str] = {}
     for job in jobs:
         resources = settings(launcher, job.kind)
@@ -196,6 +202,19 @@ def submit_slurm(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str],
     write_job_table(folder, jobs, ids, experiment_dir)
     print_summary(jobs, ids, folder, experiment_dir)
     return ids
+
+
+def queued_jobs(folder: Path, experiment_dir: Path) -> dict[str, str]:
+    """The experiment's earlier jobs (its job table) that SLURM still has queued or running: job id -> step."""
+    table = folder / "jobs.jsonl"
+    if not table.is_file():
+        return {}
+    rows = [json.loads(line) for line in table.read_text().splitlines() if line.strip()]
+    ours = {row["job_id"]: row["step"] for row in rows if row.get("experiment_dir") == str(experiment_dir)}
+    user = os.environ.get("USER") or getpass.getuser()
+    proc = subprocess.run(["squeue", "-h", "-u", user, "-o", "%i"], capture_output=True, text=True)
+    alive = set(proc.stdout.split()) if proc.returncode == 0 else set()
+    return {job_id: step for job_id, step in ours.items() if job_id in alive}
 
 
 def sbatch_parameters(job: Job, resources: dict, after: Sequence[str]) -> dict:
