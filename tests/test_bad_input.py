@@ -110,7 +110,7 @@ CASES = [
     Case("optim.lr=abc", ("optim.lr=abc",), ("optim.lr='abc'", "a number > 0")),
     Case("num_stages=0", ("num_stages=0",), ("num_stages=0", "an integer >= 1")),
     Case("num_partitions=1", ("num_partitions=1",), ("num_partitions=1", "at least 2")),
-    Case("stage=frist", ("stage=frist",), ("stage='frist'", "all, teacher, first, final")),
+    Case("stage=frist", ("stage=frist",), ("stage='frist'", "all, teacher, pairs, final")),
     Case("member=z", ("stage=pairs", "member=z"), ("member='z'", "a, b")),
     Case("pair_stage out of range", ("pair_stage=3",), ("pair_stage=3", "1..1")),
     Case("negative labeled_weight", ("labeled_weight=-1",), ("labeled_weight=-1", ">= 0")),

@@ -110,7 +110,7 @@ def optional(rule: Rule) -> Rule:
 
 # key -> rule; keys absent from a config are left to their defaults in the code
 RULES: dict[str, Rule] = {
-    "stage": choice(*STAGES, *DEPRECATED_VALUES["stage"]),
+    "stage": Rule(lambda v: v in STAGES or v in DEPRECATED_VALUES["stage"], choice(*STAGES).expected),
     "seed": integer(),
     "num_stages": integer(1),
     "num_partitions": integer(1),
