@@ -1,7 +1,7 @@
 """The CamVid quality table: does MCKD help on real data? (issue 5; writes docs/benchmarks.md's table)
 
 Rows: supervised (student architecture, labeled only), teacher (labeled only), vanilla KD (one student on the
-teacher's labels), MCKD K=2 and MCKD K=3. The KD rows of a seed share that seed's teacher (teacher.checkpoint),
+teacher's labels), MCKD K=2 and MCKD K=3. The KD rows of a seed share that seed's teacher (teacher_checkpoint),
 so they differ only in what happens after it; K=3 starts from a copy of K=2's first pair stage (the same
 computation). Jobs run as soon as what they need has finished, `--parallel` at a time; the members of a pair
 stage are separate processes. Re-running with the same --out resumes: finished steps are skipped.
@@ -60,7 +60,7 @@ def copy_steps(src: Path, dst: Path, steps: list[str], label_stages: list[int]) 
     """Copy finished steps (records, checkpoints) and pseudo-label stages of one experiment into another: runs that
     share a computation (same seed and settings up to that point) do it once."""
     models = [step for step in steps if not layout.is_label_step(step)]
-    checkpoints = [layout.checkpoint_dir(src, m) for m in models]  # none for a teacher given as teacher.checkpoint
+    checkpoints = [layout.checkpoint_dir(src, m) for m in models]  # none for a teacher given as teacher_checkpoint
     paths = [*(layout.record_path(src, step) for step in steps),
              *(layout.label_stage_dir(layout.pseudo_label_dir(src), stage) for stage in label_stages),
              *(path for path in checkpoints if path.is_dir())]
@@ -100,7 +100,7 @@ def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> d
     def job(preset: str, *args: str, tag: str = "", exp: Path | None = None) -> Callable[[], Path]:
         return lambda: run_job(out, preset, seed, [*extra, *args], tag, exp)
 
-    teacher = f"teacher.checkpoint={layout.best_checkpoint(out / f'seed{seed}' / 'camvid_teacher', layout.TEACHER)}"
+    teacher = f"teacher_checkpoint={layout.best_checkpoint(out / f'seed{seed}' / 'camvid_teacher', layout.TEACHER)}"
     k2, k3 = out / f"seed{seed}" / "camvid_mckd", out / f"seed{seed}" / "camvid_mckd_k3"
     members = layout.student_names(1, 2)  # the presets' num_partitions
     # the longest chain first (teacher -> K=2 pair -> K=3 pair -> K=3 final); jobs off it fill the gaps

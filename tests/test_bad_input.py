@@ -124,7 +124,9 @@ CASES = [
     Case("partition_group not a regex", ("partition_group='[a-'",), ("partition_group='[a-'", "regular expression")),
     Case("resume_mismatch=maybe", ("resume_mismatch=maybe",), ("resume_mismatch='maybe'", "stop, allow")),
     Case("crop_size=[64]", ("dataset.crop_size=[64]",), ("dataset.crop_size=[64]", "[height, width]")),
-    Case("missing teacher.checkpoint", ("teacher.checkpoint={tmp}/nowhere.ckpt",),
+    Case("missing teacher_checkpoint", ("teacher_checkpoint={tmp}/nowhere.ckpt",),
+         ("teacher_checkpoint={tmp}/nowhere.ckpt", "file not found")),
+    Case("missing teacher.checkpoint (old spelling)", ("teacher.checkpoint={tmp}/nowhere.ckpt",),
          ("teacher.checkpoint={tmp}/nowhere.ckpt", "file not found")),
     Case("folder dataset without root", ("dataset=folder", "dataset.params.class_names=[a,b]"),
          ("dataset.params.root is not set",)),
@@ -157,9 +159,9 @@ CASES = [
     Case("unknown teacher arch", ("teacher.arch=NoSuchNet",), ("teacher.arch='NoSuchNet'", "unknown architecture")),
     Case("missing encoder weights file", ("student.encoder_weights={tmp}/w.pth",),
          ("student.encoder_weights='{tmp}/w.pth'", "file not found")),
-    Case("text file as teacher.checkpoint", ("teacher.checkpoint={tmp}/teacher.ckpt",),
-         ("teacher.checkpoint={tmp}/teacher.ckpt", "is not an mckd checkpoint"), text_file_checkpoint),
-    Case("teacher.checkpoint of another dataset", (*CAMVID, "teacher.checkpoint={tmp}/synthetic.ckpt"),
+    Case("text file as teacher_checkpoint", ("teacher_checkpoint={tmp}/teacher.ckpt",),
+         ("teacher_checkpoint={tmp}/teacher.ckpt", "is not an mckd checkpoint"), text_file_checkpoint),
+    Case("teacher_checkpoint of another dataset", (*CAMVID, "teacher_checkpoint={tmp}/synthetic.ckpt"),
          ("{tmp}/synthetic.ckpt predicts 6 classes", "camvid has 11"), camvid, with_checkpoint=True),
     # one writer per step
     Case("double run: lock held on this host", ("stage=teacher",), ("step teacher is being run by pid", "teacher.lock"),
@@ -173,8 +175,11 @@ CASES = [
          resume=True),
     Case("resume: dataset param", ("dataset.params.num_train=400",),
          ("dataset.params.num_train=500 there, 400 now",), resume=True),
-    Case("resume: teacher.checkpoint", ("teacher.checkpoint={tmp}/other.ckpt",),
-         ("teacher.checkpoint='trained here' there, '{tmp}/other.ckpt' now",), other_checkpoint, resume=True),
+    Case("resume: teacher_checkpoint", ("teacher_checkpoint={tmp}/other.ckpt",),
+         ("teacher_checkpoint='trained here' there, '{tmp}/other.ckpt' now",), other_checkpoint, resume=True),
+    Case("teacher_checkpoint and its old spelling differ", ("teacher_checkpoint={tmp}/a.ckpt",
+                                                          "teacher.checkpoint={tmp}/b.ckpt"),
+         ("teacher_checkpoint={tmp}/a.ckpt and teacher.checkpoint={tmp}/b.ckpt differ",)),
     Case("resume: bad value", ("optim.lr=abc",), ("optim.lr='abc'",), resume=True),
     # mckd-eval with a dataset config that interpolates ${seed}
     Case("eval: checkpoint of another dataset", ("checkpoint={tmp}/exp/checkpoints/teacher/best.ckpt", *CAMVID),
@@ -273,7 +278,7 @@ def test_identity_is_whole_nodes_without_speed_keys() -> None:
             "warm_start"} <= set(keys)
     assert not {k for k in keys if k.split(".")[0] in ("trainer", "logger", "stage", "member", "pair_stage",
                                                        "experiment_dir", "resume_mismatch", "eval")}
-    assert not {"dataset.num_workers", "dataset.eval_batch_size", "teacher.checkpoint"} & set(keys)
+    assert not {"dataset.num_workers", "dataset.eval_batch_size", "teacher.checkpoint", "teacher_checkpoint"} & set(keys)
 
 
 def test_a_key_added_since_with_a_null_value_is_no_mismatch(tmp_path: Path) -> None:

@@ -273,6 +273,20 @@ def test_student_letter_is_a_deprecated_alias_of_member(monkeypatch):
     assert cli.DEPRECATED_ARGS == ["student=b (use member=b)"]
 
 
+def test_teacher_checkpoint_has_a_deprecated_spelling(caplog):
+    from mckd.pipeline.identity import teacher_checkpoint
+    from mckd.pipeline.validate import replace_deprecated_values
+
+    assert teacher_checkpoint(compose_train("teacher_checkpoint=t.ckpt")) == ("teacher_checkpoint", "t.ckpt")
+    assert teacher_checkpoint(compose_train()) == ("teacher_checkpoint", None)
+    old = compose_train("teacher.checkpoint=t.ckpt")
+    assert teacher_checkpoint(old) == ("teacher.checkpoint", "t.ckpt")
+    with caplog.at_level("WARNING", logger="mckd"):
+        replace_deprecated_values(old)
+    assert [r.getMessage() for r in caplog.records] == [
+        "teacher.checkpoint is deprecated and will be removed in the next release: use teacher_checkpoint"]
+
+
 def test_stage_first_is_a_deprecated_name_of_pairs(caplog):
     from mckd.pipeline.validate import replace_deprecated_values
 

@@ -84,7 +84,7 @@ def test_the_commands_refuse_a_crafted_checkpoint(tmp_path, mckd_cli):
     path, marker = crafted_checkpoint(tmp_path)
     line = only_error_line(mckd_cli("mckd-eval", f"checkpoint={path}", check=False))
     assert str(path) in line and "expected a .ckpt written by mckd-train" in line
-    train = mckd_cli("mckd-train", "debug=smoke", f"teacher.checkpoint={path}", f"hydra.run.dir={tmp_path / 'exp'}",
+    train = mckd_cli("mckd-train", "debug=smoke", f"teacher_checkpoint={path}", f"hydra.run.dir={tmp_path / 'exp'}",
                      check=False)
     assert str(path) in only_error_line(train)
     assert not marker.exists() and not (tmp_path / "exp" / "steps" / "teacher.json").exists()
@@ -120,7 +120,7 @@ def test_another_class_count_is_refused_before_anything_runs(tmp_path):
     expected = rf"checkpoint {path} predicts 3 classes, but dataset synthetic has 6"
     exp = tmp_path / "exp"
     with pytest.raises(ClassCountError, match=expected):
-        run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", f"teacher.checkpoint={path}"))
+        run_pipeline(compose_train("debug=smoke", f"experiment_dir={exp}", f"teacher_checkpoint={path}"))
     assert not (exp / "steps" / "teacher.json").exists() and not (exp / "logs").exists()
 
     overrides = [f"checkpoint={path}", "dataset=synthetic", "seed=0", f"output={tmp_path / 'eval.json'}"]

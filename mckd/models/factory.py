@@ -81,7 +81,7 @@ def resolve_input_fitted(cfg: Mapping, crop_size: Sequence[int]) -> dict:
 def model_config(node: Mapping, crop_size: Sequence[int]) -> dict:
     """A `model` config node without the pipeline's own keys, its input-dependent settings fitted to `crop_size`."""
     cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    cfg.pop("checkpoint", None)  # teacher.checkpoint: a trained teacher to load, not a network setting
+    cfg.pop("checkpoint", None)  # teacher.checkpoint (deprecated teacher_checkpoint): not a network setting
     return resolve_input_fitted(cfg, crop_size)
 
 

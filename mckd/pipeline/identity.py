@@ -28,9 +28,11 @@ IDENTITY_KEYS = (
     "loss", "student_loss", "pseudo", "student_aug", "train", "optim", "labeled_weight", "labeled_fraction",
     "warm_start",
 )
-# Keys inside those nodes that change how fast results come, not what they are; teacher.checkpoint is checked
+# Keys inside those nodes that change how fast results come, not what they are; the teacher checkpoint is checked
 # against the teacher's record instead (`teacher_source`), so that later steps need not repeat it.
 NOT_IDENTITY = ("dataset.num_workers", "dataset.eval_batch_size", "teacher.checkpoint")
+TEACHER_CHECKPOINT = "teacher_checkpoint"
+DEPRECATED_TEACHER_CHECKPOINT = "teacher.checkpoint"  # the old spelling, accepted until the next release
 NOT_SET = "(not set)"
 _ABSENT = object()
 
@@ -56,6 +58,16 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in flatten(values).items() if k not in NOT_IDENTITY}
 
 
+def teacher_checkpoint(cfg: DictConfig) -> tuple[str, str | None]:
+    """(the key the user set, its value) of the trained teacher to load: `teacher_checkpoint`, or its deprecated
+    spelling `teacher.checkpoint` (a pipeline setting inside the teacher's model node); (key, None) when neither."""
+    new = OmegaConf.select(cfg, TEACHER_CHECKPOINT)
+    old = OmegaConf.select(cfg, DEPRECATED_TEACHER_CHECKPOINT)
+    if old and not new:
+        return DEPRECATED_TEACHER_CHECKPOINT, str(old)
+    return TEACHER_CHECKPOINT, None if new is None else str(new)
+
+
 def identity_path(directory: str | Path) -> Path:
     return Path(directory) / layout.IDENTITY
 
@@ -78,10 +90,10 @@ def differences(cfg: DictConfig, directory: str | Path) -> list[tuple[str, Any, 
         # a key added to the code since (or dropped) whose value is null means what its absence meant
         found = [(key, stored.get(key, NOT_SET), now.get(key, NOT_SET)) for key in sorted(stored.keys() | now.keys())
                  if stored.get(key) != now.get(key)]
-    checkpoint = OmegaConf.select(cfg, "teacher.checkpoint")
+    key, checkpoint = teacher_checkpoint(cfg)
     source = teacher_source(directory)
     if checkpoint and source is not None and source != str(Path(checkpoint).resolve()):
-        found.append(("teacher.checkpoint", source, checkpoint))
+        found.append((key, source, checkpoint))
     return found
 
 

@@ -23,7 +23,7 @@ from mckd.models import model_config
 from mckd.modules import Labeler, SegmentationModule, StudentModule
 from mckd.modules.segmentation import mean_iou
 from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero
-from mckd.pipeline.identity import record_identity
+from mckd.pipeline.identity import record_identity, teacher_checkpoint
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
 from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger, cluster_plugins
 from mckd.pipeline.lock import StepLockedError, one_writer
@@ -201,8 +201,8 @@ class Pipeline:
     # -- the method's steps ----------------------------------------------------------------------
     def run_teacher(self) -> None:
         cfg = self.cfg
-        if cfg.teacher.get("checkpoint"):
-            self.load_teacher(cfg.teacher.checkpoint)
+        if checkpoint := teacher_checkpoint(cfg)[1]:
+            self.load_teacher(checkpoint)
         else:
             def build() -> SegmentationModule:
                 self.dm.use_labeled(seed=self.seed(TEACHER))

@@ -4,7 +4,7 @@ Each problem is one MckdError naming the key or file and what was expected. The 
 `check_settings` needs neither data nor torch (config values, a writable experiment directory, the stored
 identity) and also runs as a Hydra callback before Hydra writes into the experiment directory;
 `check_inputs` reads the dataset's files (image headers, the masks training reads), builds both models
-on the CPU and loads `teacher.checkpoint`.
+on the CPU and loads `teacher_checkpoint`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from mckd.data.registry import build_source
 from mckd.data.source import DatasetError
 from mckd.data.splits import build_splits
 from mckd.errors import MckdError, exit_on_user_error
-from mckd.pipeline.identity import check_identity
+from mckd.pipeline.identity import (
+    DEPRECATED_TEACHER_CHECKPOINT,
+    TEACHER_CHECKPOINT,
+    check_identity,
+    teacher_checkpoint,
+)
 from mckd.pipeline.partition import stage_partitions
 
 log = logging.getLogger("mckd")
@@ -122,6 +127,7 @@ RULES: dict[str, Rule] = {
     "labeled_fraction": optional(fraction()),
     "channels_last": boolean(),
     "resume_mismatch": choice(*MISMATCH_CHOICES),
+    "teacher_checkpoint": optional(text()),
     "teacher.checkpoint": optional(text()),
     "optim.name": choice(*OPTIMIZERS),
     "optim.lr": number(positive=True),
@@ -256,16 +262,21 @@ def check_writable(directory: str | Path, key: str = "experiment_dir") -> None:
                           "directory (hydra.run.dir=DIR or experiment_dir=DIR)") from None
 
 
-def check_teacher_checkpoint_exists(path: str | None) -> None:
+def check_teacher_checkpoint_exists(cfg: DictConfig) -> None:
+    new, old = OmegaConf.select(cfg, TEACHER_CHECKPOINT), OmegaConf.select(cfg, DEPRECATED_TEACHER_CHECKPOINT)
+    if new and old and new != old:
+        raise ConfigError(f"{TEACHER_CHECKPOINT}={new} and {DEPRECATED_TEACHER_CHECKPOINT}={old} differ: set "
+                          f"{TEACHER_CHECKPOINT} only ({DEPRECATED_TEACHER_CHECKPOINT} is its deprecated old name)")
+    key, path = teacher_checkpoint(cfg)
     if path and not Path(path).expanduser().is_file():
-        raise ConfigError(f"teacher.checkpoint={path}: file not found (expected a .ckpt written by mckd-train)")
+        raise ConfigError(f"{key}={path}: file not found (expected a .ckpt written by mckd-train)")
 
 
 def check_settings(cfg: DictConfig, directory: str | Path, warn: bool = True) -> None:
     """What needs neither the data nor torch: config values, the experiment directory and its identity."""
     check_writable(directory)  # first: the errors that follow are also logged there (cli.log)
     check_values(cfg)
-    check_teacher_checkpoint_exists(cfg.teacher.get("checkpoint"))
+    check_teacher_checkpoint_exists(cfg)
     check_identity(cfg, directory, warn)
 
 
@@ -345,7 +356,7 @@ def check_models(cfg: DictConfig, num_classes: int) -> None:
     # torch and Lightning load here, once the checks that need neither have passed
     from mckd.models import ModelConfigError, build_model, model_config
 
-    nodes = ["student"] if cfg.teacher.get("checkpoint") else ["teacher", "student"]
+    nodes = ["student"] if teacher_checkpoint(cfg)[1] else ["teacher", "student"]
     for node in nodes:
         try:
             build_model(model_config(cfg[node], cfg.dataset.crop_size), num_classes)
@@ -353,15 +364,15 @@ def check_models(cfg: DictConfig, num_classes: int) -> None:
             raise err.under(node) from None
 
 
-def check_teacher_checkpoint(path: str, dataset: str, num_classes: int) -> None:
-    """`teacher.checkpoint` loads (mckd.checkpoints owns what a checkpoint is) and predicts the dataset's classes."""
+def check_teacher_checkpoint(key: str, path: str, dataset: str, num_classes: int) -> None:
+    """`teacher_checkpoint` loads (mckd.checkpoints owns what a checkpoint is) and predicts the dataset's classes."""
     from mckd.checkpoints import CheckpointError, require_same_classes
     from mckd.modules import SegmentationModule
 
     try:
         module = SegmentationModule.from_checkpoint(str(Path(path).expanduser()))
     except CheckpointError as err:
-        raise ConfigError(f"teacher.checkpoint={path}: {err}") from None
+        raise ConfigError(f"{key}={path}: {err}") from None
     require_same_classes(path, module.hparams.num_classes, dataset, num_classes)
 
 
@@ -369,12 +380,17 @@ def check_inputs(cfg: DictConfig) -> None:
     """The dataset's files, both models and the teacher checkpoint."""
     num_classes = check_dataset(cfg)
     check_models(cfg, num_classes)
-    if cfg.teacher.get("checkpoint"):
-        check_teacher_checkpoint(cfg.teacher.checkpoint, cfg.dataset.name, num_classes)
+    key, checkpoint = teacher_checkpoint(cfg)
+    if checkpoint:
+        check_teacher_checkpoint(key, checkpoint, cfg.dataset.name, num_classes)
 
 
 def replace_deprecated_values(cfg: DictConfig) -> None:
-    """Rewrite old spellings (DEPRECATED_VALUES) to their new names in `cfg`, with one warning each."""
+    """Rewrite old spellings (DEPRECATED_VALUES) to their new names in `cfg`, with one warning each; warn of
+    `teacher.checkpoint` (read through identity.teacher_checkpoint)."""
+    if teacher_checkpoint(cfg)[0] == DEPRECATED_TEACHER_CHECKPOINT:
+        log.warning("%s is deprecated and will be removed in the next release: use %s", DEPRECATED_TEACHER_CHECKPOINT,
+                    TEACHER_CHECKPOINT)
     for key, renamed in DEPRECATED_VALUES.items():
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and value in renamed:
