@@ -39,11 +39,10 @@ def quiet_libraries() -> None:
 
 
 def run_pipeline(cfg: DictConfig) -> dict | None:
-    from mckd.pipeline.validate import replace_deprecated_values, validate
+    from mckd.pipeline.validate import validate
 
     for arg in DEPRECATED_ARGS:
         log.warning("%s is deprecated and will be removed in the next release", arg)
-    replace_deprecated_values(cfg)
     validate(cfg)  # before Lightning loads: bad input fails in a second, and before the seed (model builds draw)
     if cfg.get("launcher", {}).get("name", "none") != "none":  # submit (or run) the experiment as jobs
         from hydra.core.hydra_config import HydraConfig

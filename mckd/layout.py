@@ -39,7 +39,8 @@ CHECKPOINTS = "checkpoints"
 PSEUDO_LABELS = "pseudo_labels"
 LOGS = "logs"
 LIGHTNING = "lightning"  # each step's own Lightning root: a SLURM requeue's hpc_ckpt_* never reaches another step
-SLURM = "slurm"          # launcher=slurm: the job table (jobs.jsonl) and the jobs' logs
+SLURM = "slurm"          # launcher=slurm: the job table (JOB_TABLE) and the jobs' logs
+JOB_TABLE = "jobs.jsonl"  # in the SLURM folder: one line per submitted job (id, step, what it waits for)
 JOBS = "jobs"            # launcher=local: the jobs' logs
 LOCKS = "locks"
 CLI_LOG = "cli.log"  # Hydra names the job log after the module that runs it, mckd/cli.py

@@ -42,8 +42,8 @@ def run_job(out: Path, preset: str, seed: int, extra: list[str], tag: str = "", 
     exp = exp or out / f"seed{seed}" / preset
     cmd = [sys.executable, "-m", "mckd.cli", f"experiment={preset}", f"seed={seed}", f"hydra.run.dir={exp}", *extra]
     log = exp.parent / f"{exp.name}{tag}.log"
-    done = log.with_suffix(".done")  # this exact command finished: a re-run skips it without starting a process
-    if done.is_file() and done.read_text() == shlex.join(cmd[1:]):
+    done, written = log.with_suffix(".done"), shlex.join(cmd[1:])  # the command, once it finished: a re-run skips it
+    if done.is_file() and done.read_text() == written:                # without starting a process
         return exp
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -51,7 +51,7 @@ def run_job(out: Path, preset: str, seed: int, extra: list[str], tag: str = "", 
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "CI": "true"})
     if proc.returncode != 0:
         raise SystemExit(f"{exp.name}{tag} seed {seed} failed ({proc.returncode}): see {log}")
-    done.write_text(shlex.join(cmd[1:]))
+    done.write_text(written)
     print(f"  {exp.name}{tag} seed {seed}: {time.time() - start:.0f} s", flush=True)
     return exp
 

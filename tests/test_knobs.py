@@ -125,14 +125,27 @@ def test_student_epochs_default_to_the_teachers_times_the_ratio(tmp_path):
     assert (pipe.epochs("teacher"), pipe.epochs("student"), pipe.epochs("final")) == (10, 15, 4)
 
 
-def test_ema_weights_are_what_is_saved_scored_and_labeled_with(tmp_path):
+def test_ema_weights_are_what_is_saved_and_scored(tmp_path, monkeypatch):
     """With train.ema_decay, best.ckpt holds the average (not the last weights), and the record's val mIoU is
-    that checkpoint's own score (scored without the callback swapping in the final average)."""
+    that checkpoint's own score: it is scored by a trainer without the callback, which would otherwise swap the
+    final average in over whichever checkpoint is loaded (here best and last coincide, so the figures alone
+    could not show it)."""
+    from lightning.pytorch.callbacks import WeightAveraging
     from test_evaluate import eval_config
 
     from mckd.evaluate import evaluate
+    from mckd.pipeline.orchestrator import Pipeline
 
+    scored_with: list[list[str]] = []
+    original = Pipeline.evaluate
+
+    def spy(self, trainer, module, checkpoint):
+        scored_with.append([type(c).__name__ for c in trainer.callbacks if isinstance(c, WeightAveraging)])
+        return original(self, trainer, module, checkpoint)
+
+    monkeypatch.setattr(Pipeline, "evaluate", spy)
     smoke(tmp_path / "exp", "stage=teacher", "train.ema_decay=0.9")
+    assert scored_with and all(found == [] for found in scored_with)
     record = json.loads((tmp_path / "exp" / "steps" / "teacher.json").read_text())
     best = tmp_path / "exp" / record["checkpoint"]
     saved = torch.load(best, map_location="cpu", weights_only=True)

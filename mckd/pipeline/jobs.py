@@ -81,7 +81,7 @@ def base_overrides(overrides: Iterable[str]) -> list[str]:
         return override.split("=", 1)[0].lstrip("+~")
 
     return [o for o in overrides if not any(key(o) == k or key(o).startswith(k + ".") for k in OWN_KEYS)
-            and key(o) != "launcher" and not key(o).startswith("launcher/")]
+            and not key(o).startswith("launcher/")]
 
 
 def settings(launcher: DictConfig, kind: str) -> dict:
@@ -206,7 +206,7 @@ def submit_slurm(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str],
 
 def queued_jobs(folder: Path, experiment_dir: Path) -> dict[str, str]:
     """The experiment's earlier jobs (its job table) that SLURM still has queued or running: job id -> step."""
-    table = folder / "jobs.jsonl"
+    table = folder / layout.JOB_TABLE
     if not table.is_file():
         return {}
     rows = [json.loads(line) for line in table.read_text().splitlines() if line.strip()]
@@ -246,9 +246,9 @@ def cancel(ids: dict[str, str]) -> None:
 
 
 def write_job_table(folder: Path, jobs: Sequence[Job], ids: dict[str, str], experiment_dir: Path) -> None:
-    """Append this submission's jobs to `<folder>/jobs.jsonl` (job id, step, what it waits for)."""
+    """Append this submission's jobs to the folder's job table (job id, step, what it waits for)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "jobs.jsonl").open("a") as f:
+    with (folder / layout.JOB_TABLE).open("a") as f:
         for job in jobs:
             f.write(json.dumps({"job_id": ids[job.name], "step": job.name, "kind": job.kind,
                                 "after": [ids[a] for a in job.after], "experiment_dir": str(experiment_dir),
@@ -294,7 +294,7 @@ def run_local(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str], ex
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
                 argv = command(job, base, experiment_dir, resources)
                 with (log_dir / f"{job.name}.log").open("ab") as out:
-                    out.write(f"$ {shell(argv)}\n".encode())
+                    out.write(f"$ {shlex.join(argv)}\n".encode())
                     out.flush()
                     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
                 log.info("%s: started (pid %d, GPUs %s, log %s)", job.name, proc.pid, ",".join(mine) or "-",
@@ -324,7 +324,3 @@ def visible_gpus() -> list[str]:
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def shell(argv: Sequence[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)

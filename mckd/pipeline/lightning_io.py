@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mckd.atomic import atomic_write
+from mckd.pipeline.jobs import LAUNCHED_ENV
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -35,7 +36,7 @@ def cluster_plugins() -> list:
     """In a job of mckd's SLURM launcher, Lightning's own SIGUSR1 requeue is off: submitit requeues the job
     (mckd/pipeline/jobs.py StepCommand), and a second `scontrol requeue` from Lightning would race it. Elsewhere
     (no SLURM, or the user's own sbatch script) Lightning's defaults apply."""
-    if os.environ.get("MCKD_LAUNCHER") == "slurm" and SLURMEnvironment.detect():
+    if os.environ.get(LAUNCHED_ENV) == "slurm" and SLURMEnvironment.detect():
         return [SLURMEnvironment(auto_requeue=False)]
     return []
 

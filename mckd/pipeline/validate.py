@@ -400,7 +400,9 @@ def replace_deprecated_values(cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every check, in the order that fails fastest; raises the first problem found."""
+    """Every check, in the order that fails fastest; raises the first problem found. Deprecated spellings are
+    renamed first (with a warning), so that every entry point (the CLI, `Pipeline(cfg)`) runs the same steps."""
+    replace_deprecated_values(cfg)
     check_settings(cfg, cfg.experiment_dir)
     check_inputs(cfg)
 
