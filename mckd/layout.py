@@ -6,7 +6,8 @@ Every other module, the scripts and the tests ask this one; renaming a step or a
       .hydra/config.yaml           the composed config (Hydra)
       identity.json                what the experiment's figures depend on (pipeline/identity.py)
       steps/<step>.json            a step's record, written when the step ends
-      checkpoints/<step>/          best.ckpt and last.ckpt of a model step
+      checkpoints/<step>/          best.ckpt and last.ckpt of a model step (the teacher's epoch<n>.ckpt too, with
+                                   pseudo.reliable_fraction: itself after n epochs)
       pseudo_labels/stage<k>/      stage k's labels, confidences and manifest (pipeline/store.py)
       logs/<step>/                 Lightning's CSV logs
       lightning/<step>/            Lightning's own root for the step (SLURM requeue checkpoints)
@@ -51,6 +52,7 @@ RESULTS = "results.json"
 RESULTS_TABLE = "results.md"
 BEST = "best"  # ModelCheckpoint's file name (without .ckpt) for the best validation epoch
 LAST = "last.ckpt"  # Lightning's name for the checkpoint of the last epoch, resumed from
+SNAPSHOT = "epoch{}.ckpt"  # a model after that many epochs (pseudo.reliable_fraction's earlier checkpoints)
 PICTURES = {"stages": "stages.png", "qualitative": "qualitative.png", "class_distribution": "class_distribution.png"}
 
 _STUDENT = re.compile(r"^stage(\d+)-([a-z])$")
@@ -104,6 +106,11 @@ def best_checkpoint(experiment: str | Path, step: str) -> Path:
 
 def last_checkpoint(experiment: str | Path, step: str) -> Path:
     return checkpoint_dir(experiment, step) / LAST
+
+
+def snapshot_checkpoint(experiment: str | Path, step: str, epochs: int) -> Path:
+    """`step`'s model as it was after `epochs` epochs."""
+    return checkpoint_dir(experiment, step) / SNAPSHOT.format(epochs)
 
 
 def lightning_dir(experiment: str | Path, step: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,10 +11,13 @@ import torch
 from test_pipeline import compose_train, smoke
 from torch import nn
 
+from mckd import layout
 from mckd.data import SegmentationDataModule
 from mckd.models.factory import fit_atrous_rates, resolve_input_fitted
 from mckd.modules.inference import class_probs, stored_probs
-from mckd.modules.segmentation import Labeler, cutmix
+from mckd.modules.segmentation import Labeler, SegmentationModule, StudentModule, cutmix
+from mckd.pipeline.store import PseudoLabelStore
+from mckd.pipeline.validate import ConfigError, check_values
 
 STRONG = ("student_aug.color_jitter=0.5", "student_aug.color_jitter_prob=1.0", "student_aug.grayscale_prob=1.0",
           "student_aug.blur_prob=1.0", "student_aug.cutout_prob=1.0")
@@ -166,3 +170,79 @@ def test_smoke_pipeline_with_every_knob_on(tmp_path, extra):
     assert results["final"]["val_miou"] is not None
     manifest = json.loads((tmp_path / "exp" / "pseudo_labels" / "stage2" / "manifest.json").read_text())
     assert manifest["partitions"]
+
+
+def st_miou(prediction: np.ndarray, reference: np.ndarray, num_classes: int) -> float:
+    """ST++'s meanIOU (utils.py) of one prediction against the final model's: classes absent from both skipped."""
+    hist = np.bincount(num_classes * reference.ravel() + prediction.ravel(), minlength=num_classes**2)
+    hist = hist.reshape(num_classes, num_classes)
+    with np.errstate(invalid="ignore"):
+        return float(np.nanmean(np.diag(hist) / (hist.sum(0) + hist.sum(1) - np.diag(hist))))
+
+
+def stability_from_checkpoints(exp, cfg, epochs: list[int]) -> dict[str, float]:
+    """Each unlabeled image's mean mIoU of the teacher's earlier checkpoints against its last, computed anew."""
+    paths = [*(layout.snapshot_checkpoint(exp, layout.TEACHER, n) for n in epochs),
+             layout.last_checkpoint(exp, layout.TEACHER)]
+    nets = [SegmentationModule.from_checkpoint(str(p)).net.eval() for p in paths]
+    dm = SegmentationDataModule(cfg.dataset)
+    dm.use_predict(dm.splits.unlabeled)
+    scores = {}
+    with torch.no_grad():
+        for batch in dm.predict_dataloader():  # the labeling's batches: same images, same arithmetic
+            *earlier, final = [net(batch["image"]).argmax(1).numpy() for net in nets]
+            for i, sample_id in enumerate(batch["id"]):
+                ious = [st_miou(e[i], final[i], dm.num_classes) for e in earlier]
+                scores[sample_id] = sum(ious) / len(ious)
+    return scores
+
+
+def test_reliable_fraction_leaves_the_least_stable_images_out_of_the_first_students(tmp_path, monkeypatch):
+    """ST++'s selection: the teacher saves itself after 1 and 2 of its 3 epochs; the half of the unlabeled images
+    whose predictions agree least with the last epoch's are marked unreliable, and no stage-1 student's loss
+    ever sees them, while the final student (stage-1 labels) trains on every image."""
+    datasets: list[set[str]] = []  # each student's pseudo-labeled images, in training order
+    seen: dict[str, set[str]] = {}
+    use_pseudo_labels, training_step = SegmentationDataModule.use_pseudo_labels, StudentModule.training_step
+
+    def spy_dataset(self, samples, *args, **kwargs):
+        datasets.append({s.id for s in samples})
+        return use_pseudo_labels(self, samples, *args, **kwargs)
+
+    def spy_step(self, batch, batch_idx):
+        seen.setdefault(self.hparams.name, set()).update(i for i, p in zip(batch["id"], batch["pseudo"]) if p)
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationDataModule, "use_pseudo_labels", spy_dataset)
+    monkeypatch.setattr(StudentModule, "training_step", spy_step)
+    overrides = ("train.teacher_epochs=3", "pseudo.reliable_fraction=0.5", "pictures.enabled=false")
+    exp = tmp_path / "exp"
+    smoke(exp, *overrides)
+    cfg = compose_train("debug=smoke", *overrides)
+
+    store = PseudoLabelStore(layout.pseudo_label_dir(exp), SegmentationDataModule(cfg.dataset).num_classes)
+    manifest = store.manifest(0)
+    unlabeled = {i for part in manifest["partitions"] for i in part["ids"]}
+    unreliable = set(manifest["unreliable"])
+    assert len(unlabeled) == 12 and len(unreliable) == 6  # ST++ keeps the first n // 2 by stability
+    scores = stability_from_checkpoints(exp, cfg, [1, 2])
+    assert len({round(v, 3) for v in scores.values()}) > 1  # the checkpoints disagree: the ranking means something
+    assert max(scores[i] for i in unreliable) <= min(scores[i] for i in unlabeled - unreliable) + 1e-3
+    assert store.stability(0, unlabeled) == pytest.approx(scores, abs=1e-3)
+
+    first, second, final = datasets  # stage1-a, stage1-b, final
+    assert first | second == unlabeled - unreliable and not first & second
+    trained = set().union(*(seen[name] for name in layout.student_names(1, 2)))
+    assert trained and trained <= unlabeled - unreliable  # what reached a stage-1 student's loss
+    assert final == unlabeled  # later stages: every image
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (("train.teacher_epochs=2",), "train.teacher_epochs >= 3"),
+    (("teacher_checkpoint=/some/teacher.ckpt",), "teacher_checkpoint loads one"),
+    (("pseudo.reliable_fraction=0",), "a number in (0, 1]"),
+])
+def test_reliable_fraction_refuses_what_it_cannot_score(overrides, says):
+    cfg = compose_train("pseudo.reliable_fraction=0.5", *overrides)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        check_values(cfg)

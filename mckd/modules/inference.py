@@ -108,6 +108,29 @@ def predictions_and_truth(probs: torch.Tensor, batch: dict) -> Iterator[tuple[to
         yield original_size_probs(probs, batch, i).argmax(0)[None], batch["mask"][i: i + 1, :h, :w]
 
 
+def agreement_miou(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> float:
+    """mIoU of one class map against another over the classes either holds (ST++'s meanIOU: a class absent
+    from both is skipped, not counted as 0 or 1)."""
+    pairs = reference.flatten().long() * num_classes + prediction.flatten().long()
+    hist = torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
+    inter = hist.diag()
+    union = hist.sum(0) + hist.sum(1) - inter
+    present = union > 0
+    return (inter[present].float() / union[present].float()).mean().item()
+
+
+def stability_scores(nets: Sequence[nn.Module], batch: dict, window: Sequence[int] | None = None,
+                     stride: Sequence[int] | None = None) -> list[float]:
+    """ST++'s reliability of each image of a batch: the mean over `nets[:-1]` (earlier checkpoints) of the mIoU
+    between their prediction and that of `nets[-1]` (the final one); single-scale and unflipped, as ST++ predicts."""
+    maps = [class_probs([net], batch["image"], window=window, stride=stride) for net in nets]
+    scores = []
+    for i in range(len(batch["id"])):
+        *earlier, final = [original_size_probs(p, batch, i).argmax(0) for p in maps]
+        scores.append(sum(agreement_miou(e, final, maps[0].shape[1]) for e in earlier) / len(earlier))
+    return scores
+
+
 def per_sample_labels(probs: torch.Tensor, batch: dict, soft_topk: int = 0,
                       blend: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
     """Per sample, at its original size: hard label, confidence (max prob), and optional top-k ids and probs;

@@ -20,6 +20,7 @@ from mckd.modules.inference import (
     class_probs,
     per_sample_labels,
     predictions_and_truth,
+    stability_scores,
     stored_probs,
 )
 from mckd.modules.losses import SegmentationLoss
@@ -191,13 +192,15 @@ class StudentModule(SegmentationModule):
 class Labeler(L.LightningModule):
     """Labels images with the mean class probabilities of several networks (cross-labeling ensembles), over
     flips and scales; with `previous` (a reader of the last stage's labels), the result is
-    `(1 - previous_weight) * new + previous_weight * previous`."""
+    `(1 - previous_weight) * new + previous_weight * previous`. With `stability` (earlier checkpoints, then the
+    final one), each item also gets its image's `stability_scores` (pseudo.reliable_fraction)."""
 
     def __init__(self, nets: Sequence[nn.Module], flip: bool = False, window: Sequence[int] | None = None,
                  stride: Sequence[int] | None = None, soft_topk: int = 0, scales: Sequence[float] = (1.0,),
-                 previous=None, previous_weight: float = 0.0):
+                 previous=None, previous_weight: float = 0.0, stability: Sequence[nn.Module] = ()):
         super().__init__()
         self.nets = nn.ModuleList(nets)
+        self.stability = nn.ModuleList(stability)
         self.flip, self.window, self.stride, self.soft_topk = flip, window, stride, soft_topk
         self.scales = tuple(scales)
         self.previous, self.previous_weight = previous, previous_weight
@@ -209,4 +212,9 @@ class Labeler(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         probs = class_probs(list(self.nets), batch["image"], self.flip, self.window, self.stride, self.scales)
         blend = self.blend_previous if self.previous is not None and self.previous_weight > 0 else None
-        return per_sample_labels(probs, batch, self.soft_topk, blend)
+        items = per_sample_labels(probs, batch, self.soft_topk, blend)
+        if len(self.stability):
+            scores = stability_scores(list(self.stability), batch, self.window, self.stride)
+            for item, score in zip(items, scores):
+                item["stability"] = score
+        return items

@@ -36,7 +36,7 @@ class PseudoLabelWriter(BasePredictionWriter):
         soft = "soft_ids" in item
         return self.store.write_sample(self.stage, item["id"], item["label"].numpy(), item["confidence"].numpy(),
                                        item["soft_ids"].numpy() if soft else None,
-                                       item["soft_probs"].numpy() if soft else None)
+                                       item["soft_probs"].numpy() if soft else None, item.get("stability"))
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         for item in prediction:

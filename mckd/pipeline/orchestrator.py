@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
@@ -18,18 +19,30 @@ from omegaconf import DictConfig, OmegaConf
 from mckd.checkpoints import require_same_classes
 from mckd.data import SegmentationDataModule
 from mckd.data.source import Sample
-from mckd.layout import BEST, FINAL, TEACHER, label_step, lightning_dir, member_of, student_names
+from mckd.layout import (
+    BEST,
+    FINAL,
+    TEACHER,
+    label_step,
+    last_checkpoint,
+    lightning_dir,
+    member_of,
+    snapshot_checkpoint,
+    student_names,
+)
 from mckd.models import model_config
 from mckd.modules import Labeler, SegmentationModule, StudentModule
 from mckd.modules.segmentation import mean_iou
-from mckd.pipeline.experiment import Experiment, barrier, is_rank_zero
+from mckd.pipeline.experiment import Experiment, MissingStepError, barrier, is_rank_zero
 from mckd.pipeline.identity import record_identity, teacher_checkpoint
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
 from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger, cluster_plugins
 from mckd.pipeline.lock import StepLockedError, one_writer
 from mckd.pipeline.partition import stage_partitions
 from mckd.pipeline.pictures import write_pictures
+from mckd.pipeline.reliability import SnapshotCheckpoint, least_stable, reliable_only, snapshot_epochs
 from mckd.pipeline.results import write_results
+from mckd.pipeline.store import UNRELIABLE, StageReader
 from mckd.pipeline.validate import validate
 from mckd.progress import show_progress
 from mckd.records import LabelRecord, ModelRecord
@@ -115,7 +128,8 @@ class Pipeline:
         return int(epochs) if epochs is not None else max(1, round(train.teacher_epochs * train.student_ratio))
 
     @one_writer(lambda name, *args, **kwargs: name)
-    def train(self, name: str, build: Callable[[], SegmentationModule], epochs: int, **info) -> ModelRecord:
+    def train(self, name: str, build: Callable[[], SegmentationModule], epochs: int, callbacks: Sequence = (),
+              **info) -> ModelRecord:
         """Train one model unless its record exists; resumes from `last.ckpt` when interrupted.
 
         The step seeds itself (model initialisation, its sampler, CutMix), so its result does not depend on
@@ -132,7 +146,7 @@ class Pipeline:
         module = build()
         ema = self.cfg.train.get("ema_decay")
         averaging = [EMAWeightAveraging(decay=float(ema))] if ema else []
-        trainer = self.trainer(name, epochs, [checkpoint, *averaging])
+        trainer = self.trainer(name, epochs, [checkpoint, *averaging, *callbacks])
         trainer.fit(module, datamodule=self.dm, ckpt_path=resume, weights_only=True)
         last = str(self.exp.last_checkpoint(name))
         best = checkpoint.best_model_path or last
@@ -162,9 +176,11 @@ class Pipeline:
         return done
 
     @one_writer(lambda stage, *args: label_step(stage))
-    def label(self, stage: int, jobs: list[tuple[list[Sample], list[str], list]], trained_on: dict) -> None:
+    def label(self, stage: int, jobs: list[tuple[list[Sample], list[str], list]], trained_on: dict,
+              stability: Sequence = ()) -> None:
         """Write stage `stage`'s pseudo-labels: each job is (samples, labeler names, their networks); from stage 1
-        on, blended with the previous stage's labels when `pseudo.previous_weight` > 0."""
+        on, blended with the previous stage's labels when `pseudo.previous_weight` > 0. With `stability` (earlier
+        checkpoints, then the final one), each image is also scored and the least stable are marked unreliable."""
         name = label_step(stage)
         start = time.time()
         pseudo = self.cfg.pseudo
@@ -173,22 +189,25 @@ class Pipeline:
         writer = PseudoLabelWriter(self.exp.store, stage)
         for samples, names, nets in jobs:
             barrier()
-            todo = set(self.exp.store.missing(stage, [s.id for s in samples]))
+            todo = set(self.exp.store.missing(stage, [s.id for s in samples], stability=bool(stability)))
             if not todo:
                 continue
             log.info("%s: %s labels %d images", name, "+".join(names), len(todo))
             self.dm.use_predict(unfinished_batches(samples, todo, self.dm.eval_batch_size))
             labeler = Labeler(nets, flip=pseudo.flip, window=pseudo.window, stride=pseudo.stride,
                               soft_topk=pseudo.soft_topk, scales=pseudo.get("scales") or (1.0,), previous=previous,
-                              previous_weight=previous_weight)
+                              previous_weight=previous_weight, stability=stability)
             self.trainer(name, callbacks=[writer], logger=False).predict(labeler, datamodule=self.dm,
                                                                          return_predictions=False)
         barrier()
         if is_rank_zero():
             partitions = [{"index": j, "ids": [s.id for s in samples], "labeled_by": names}
                           for j, (samples, names, _) in enumerate(jobs)]
-            self.exp.store.write_manifest(stage, {"partitions": partitions, "trained_on": trained_on})
             everything = [s for samples, _, _ in jobs for s in samples]
+            manifest = {"partitions": partitions, "trained_on": trained_on}
+            if stability:
+                manifest.update(self.unreliable(stage, everything))
+            self.exp.store.write_manifest(stage, manifest)
             per_class = pseudo_label_iou(self.dm.source, everything, self.exp.store.reader(stage))
             miou = None if per_class is None else float(mean_iou(per_class))
             per_class_iou = None if per_class is None else dict(zip(self.dm.source.class_names, per_class.tolist()))
@@ -197,6 +216,33 @@ class Pipeline:
                                              wall_time_s=round(time.time() - start, 1)))
             log.info("%s: pseudo-label mIoU %s", name, "n/a" if miou is None else f"{miou:.4f}")
         barrier()
+
+    def unreliable(self, stage: int, samples: list[Sample]) -> dict:
+        """The manifest's record of pseudo.reliable_fraction: the share kept and the ids left out."""
+        fraction = float(self.cfg.pseudo.reliable_fraction)
+        left_out = least_stable(self.exp.store.stability(stage, [s.id for s in samples]), fraction)
+        log.info("%s: %d of %d images are the least stable, left out of the next students' training "
+                 "(pseudo.reliable_fraction=%g)", label_step(stage), len(left_out), len(samples), fraction)
+        return {"reliable_fraction": fraction, UNRELIABLE: left_out}
+
+    def teacher_snapshots(self) -> dict[int, Path]:
+        """{epochs: file} of the teacher's earlier checkpoints that pseudo.reliable_fraction scores with."""
+        if self.cfg.pseudo.get("reliable_fraction") is None:
+            return {}
+        return {n: snapshot_checkpoint(self.exp.dir, TEACHER, n) for n in snapshot_epochs(self.epochs("teacher"))}
+
+    def teacher_stability(self) -> list:
+        """The teacher's earlier checkpoints, then its last epoch's (ST++ scores against the final model, not
+        the best one); none without pseudo.reliable_fraction."""
+        snapshots = self.teacher_snapshots()
+        if not snapshots:
+            return []
+        paths = [*snapshots.values(), last_checkpoint(self.exp.dir, TEACHER)]
+        if missing := [str(p) for p in paths if not p.is_file()]:
+            raise MissingStepError(f"pseudo.reliable_fraction needs the teacher's checkpoints {', '.join(missing)}, "
+                                   "which its training did not write (it ran without the option): train the "
+                                   "teacher again in a new experiment directory")
+        return [SegmentationModule.from_checkpoint(str(p)).net for p in paths]
 
     # -- the method's steps ----------------------------------------------------------------------
     def run_teacher(self) -> None:
@@ -208,11 +254,13 @@ class Pipeline:
                 self.dm.use_labeled(seed=self.seed(TEACHER))
                 return self.module(SegmentationModule, cfg.teacher, TEACHER, cfg.loss)
 
-            self.train(TEACHER, build, self.epochs("teacher"), trained_on="labeled")
+            snapshots = self.teacher_snapshots()
+            self.train(TEACHER, build, self.epochs("teacher"), [SnapshotCheckpoint(snapshots)] if snapshots else [],
+                       trained_on="labeled")
         unlabeled = self.dm.splits.unlabeled
         if unlabeled and not self.labeled(0):
             teacher = SegmentationModule.from_checkpoint(self.checkpoint_of(TEACHER)).net
-            self.label(0, [(unlabeled, [TEACHER], [teacher])], {TEACHER: "labeled"})
+            self.label(0, [(unlabeled, [TEACHER], [teacher])], {TEACHER: "labeled"}, self.teacher_stability())
 
     @one_writer(lambda path: TEACHER)
     def load_teacher(self, path: str) -> None:
@@ -268,8 +316,10 @@ class Pipeline:
             return False
         return True
 
-    def use_pseudo_labels(self, samples: list[Sample], labels, step: str) -> None:
+    def use_pseudo_labels(self, samples: list[Sample], labels: StageReader, step: str) -> None:
+        """Train `step` on `samples` with `labels`, less the images the stage marked unreliable."""
         cfg = self.cfg
+        samples = reliable_only(samples, labels.unreliable, step)
         self.dm.use_pseudo_labels(samples, labels, labeled_weight=cfg.labeled_weight,
                                   confidence_threshold=cfg.pseudo.confidence_threshold,
                                   soft_topk=cfg.pseudo.soft_topk if cfg.student_loss.soft_weight else 0,

@@ -4,7 +4,9 @@ Layout under `<experiment>/pseudo_labels/stage<k>/`:
     labels/<id>.png      class ids (uint8; uint16 past 255 classes)
     confidence/<id>.png  max class probability quantized to uint8
     soft/<id>.npz        top-k class ids and their fp16 probabilities (when soft_topk > 0)
-    manifest.json        written last and atomically; a stage without it is not complete
+    stability/<id>.json  how stable the labeler's prediction was over its training (pseudo.reliable_fraction)
+    manifest.json        written last and atomically; a stage without it is not complete; with
+                         pseudo.reliable_fraction, `unreliable` lists the images students of this stage skip
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from mckd.errors import MckdError
 
 class IncompleteStageError(MckdError, RuntimeError):
     """A pseudo-label stage was asked for but its manifest is missing or incomplete."""
+
+
+UNRELIABLE = "unreliable"  # the manifest's key for the ids pseudo.reliable_fraction leaves out
+SUBDIRS = ("labels", "confidence", "soft", "stability")
 
 
 def label_dtype(num_classes: int) -> type:
@@ -47,6 +53,11 @@ class StageReader:
                 out["soft_ids"], out["soft_probs"] = data["ids"], data["probs"]
         return out
 
+    @property
+    def unreliable(self) -> frozenset[str]:
+        """The ids the stage's students leave out (pseudo.reliable_fraction); empty without the option."""
+        return frozenset(self.manifest.get(UNRELIABLE, ()))
+
 
 class PseudoLabelStore:
     """All pseudo-label stages of one experiment."""
@@ -62,7 +73,8 @@ class PseudoLabelStore:
         return self.stage_dir(stage) / "manifest.json"
 
     def write_sample(self, stage: int, sample_id: str, label: np.ndarray, confidence: np.ndarray,
-                     soft_ids: np.ndarray | None = None, soft_probs: np.ndarray | None = None) -> int:
+                     soft_ids: np.ndarray | None = None, soft_probs: np.ndarray | None = None,
+                     stability: float | None = None) -> int:
         """Write one sample's labels atomically; returns the bytes written."""
         d = self.stage_dir(stage)
         # the fastest zlib level: these are written in the labeling loop, where throughput matters more
@@ -78,21 +90,32 @@ class PseudoLabelStore:
                      probs=np.asarray(soft_probs).astype(np.float16))
             atomic_write(d / "soft" / f"{sample_id}.npz", lambda f: f.write(buf.getvalue()))
             size += buf.tell()
+        if stability is not None:
+            write_json(self.stability_path(stage, sample_id), {"stability": float(stability)})
         return size
 
-    def missing(self, stage: int, sample_ids: Iterable[str]) -> list[str]:
+    def stability_path(self, stage: int, sample_id: str) -> Path:
+        return self.stage_dir(stage) / "stability" / f"{sample_id}.json"
+
+    def stability(self, stage: int, sample_ids: Iterable[str]) -> dict[str, float]:
+        """The stored stability score of each sample."""
+        return {i: float(read_json(self.stability_path(stage, i))["stability"]) for i in sample_ids}
+
+    def missing(self, stage: int, sample_ids: Iterable[str], stability: bool = False) -> list[str]:
+        """The samples whose label or confidence (and, with `stability`, stability score) is not on disk."""
         labels = self.stage_dir(stage) / "labels"
         return [i for i in sample_ids if not (labels / f"{i}.png").is_file()
-                or not (self.stage_dir(stage) / "confidence" / f"{i}.png").is_file()]
+                or not (self.stage_dir(stage) / "confidence" / f"{i}.png").is_file()
+                or (stability and not self.stability_path(stage, i).is_file())]
 
     def write_manifest(self, stage: int, manifest: dict) -> None:
         """Seal a stage: check every listed sample is on disk, then write the manifest atomically."""
         ids = [i for part in manifest["partitions"] for i in part["ids"]]
-        missing = self.missing(stage, ids)
+        missing = self.missing(stage, ids, stability=UNRELIABLE in manifest)
         if missing:
             raise IncompleteStageError(f"stage {stage}: {len(missing)} labels missing, e.g. {missing[:3]}")
         labels = self.stage_dir(stage)
-        nbytes = sum(f.stat().st_size for sub in ("labels", "confidence", "soft") if (labels / sub).is_dir()
+        nbytes = sum(f.stat().st_size for sub in SUBDIRS if (labels / sub).is_dir()
                      for f in (labels / sub).iterdir() if not f.name.startswith("."))
         write_json(self.manifest_path(stage), {**manifest, "stage": stage, "num_samples": len(ids),
                                                "bytes": nbytes, "complete": True})

@@ -82,6 +82,10 @@ def fraction() -> Rule:
     return Rule(lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 
 
+def share() -> Rule:
+    return Rule(lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]")
+
+
 def boolean() -> Rule:
     return Rule(lambda v: isinstance(v, bool), "true or false")
 
@@ -147,6 +151,7 @@ RULES: dict[str, Rule] = {
     "pseudo.stride": optional(size()),
     "pseudo.soft_topk": integer(0),
     "pseudo.confidence_threshold": number(0, below=1),
+    "pseudo.reliable_fraction": optional(share()),
     "student_aug.scale_range": optional(scale_range()),
     "student_aug.color_jitter": number(0),
     "student_aug.color_jitter_prob": fraction(),
@@ -216,6 +221,7 @@ def check_values(cfg: DictConfig) -> None:
         if str(key).endswith("_epochs") and f"train.{key}" not in RULES:
             require_valid(f"train.{key}", value(cfg, f"train.{key}"), EPOCHS)
     check_stages(cfg)
+    check_reliable_fraction(cfg)
     check_partition_group(cfg.get("partition_group"))
     if value(cfg, "student_loss.soft_weight") and not value(cfg, "pseudo.soft_topk"):
         raise ConfigError(f"student_loss.soft_weight={value(cfg, 'student_loss.soft_weight')}: needs soft labels, "
@@ -238,6 +244,21 @@ def check_stages(cfg: DictConfig) -> None:
     if member is not None and str(member) not in member_letters(partitions):
         raise ConfigError(f"member={member!r}: expected one of {', '.join(member_letters(partitions))} "
                           f"(num_partitions={partitions})")
+
+
+def check_reliable_fraction(cfg: DictConfig) -> None:
+    """pseudo.reliable_fraction scores with checkpoints the teacher saves after 1/3 and 2/3 of its training."""
+    fraction = value(cfg, "pseudo.reliable_fraction")
+    if fraction in (None, _ABSENT):
+        return
+    key, checkpoint = teacher_checkpoint(cfg)
+    if checkpoint:
+        raise ConfigError(f"pseudo.reliable_fraction={fraction}: needs the teacher trained here (it scores with the "
+                          f"teacher's checkpoints after 1/3 and 2/3 of its epochs), but {key} loads one: unset one")
+    epochs = value(cfg, "train.teacher_epochs")
+    if is_int(epochs) and epochs < 3:
+        raise ConfigError(f"pseudo.reliable_fraction={fraction}: needs train.teacher_epochs >= 3 (checkpoints after "
+                          f"1/3 and 2/3 of the teacher's epochs), not {epochs}")
 
 
 def check_partition_group(pattern: str | None) -> None:
