@@ -7,11 +7,15 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import hydra
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig
 
-from mckd.errors import exit_on_user_error
+import mckd.conf  # noqa: F401 (stores the config schema, mckd/schema.py, also for initialize_config_dir users)
+from mckd.errors import MckdError, debugging, exit_on_user_error
 from mckd.layout import FINAL
 
 # OpenMP threads that wait passively instead of spinning: on a CPU that is busy with other work (the DataLoader
@@ -59,20 +63,56 @@ def run_pipeline(cfg: DictConfig) -> dict | None:
     return Pipeline(cfg, validated=True).run()
 
 
-def member_alias(argv: list[str]) -> list[str]:
-    """`student=a` (one pair member), deprecated, means `member=a`: the `student` node itself is the student's
-    model. Each rewrite is remembered, to be warned of once logging is set up."""
-    rewritten = [re.sub(r"^student=([a-z])$", r"member=\1", arg) for arg in argv]
+# old spellings on the command line, accepted with a warning until the next release: pattern -> new spelling.
+# `student` is the students' model node, and `stage=first` ran every student-pair stage, not the first.
+DEPRECATED_SPELLINGS = {r"^student=([a-z])$": r"member=\1", r"^stage=first$": "stage=pairs"}
+DEPRECATED_ARGS: list[str] = []
+
+
+def rename_deprecated(argv: list[str]) -> list[str]:
+    """`argv` with the old spellings (DEPRECATED_SPELLINGS) renamed; each rename is remembered, to be warned of
+    once logging is set up."""
+    rewritten = list(argv)
+    for pattern, new in DEPRECATED_SPELLINGS.items():
+        rewritten = [re.sub(pattern, new, arg) for arg in rewritten]
     DEPRECATED_ARGS.extend(f"{old} (use {new})" for old, new in zip(argv, rewritten) if old != new)
     return rewritten
 
 
-DEPRECATED_ARGS: list[str] = []
+class ConfigCompositionError(MckdError, ValueError):
+    """A config that does not compose: a wrong type, an undeclared key or an unknown value (mckd/schema.py), or a
+    config group option that does not exist."""
+
+
+def hydra_message(err: Exception) -> str:
+    """Hydra's message and its cause's on one line, without the class names OmegaConf adds and the search path."""
+    text = "\n".join(str(part) for part in (err, err.__cause__) if part is not None).split("Config search path:")[0]
+    lines = [line.strip().rstrip(".") for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("object_type=", "reference_type="))]
+    return "".join(line + (" " if line.endswith(":") else "; ") for line in lines).rstrip("; ")
+
+
+@contextmanager
+def config_errors_in_one_line() -> Iterator[None]:
+    """A command line that does not compose stops with Hydra's message on one line and exit status 2, as every
+    other bad input does (mckd/errors.py); HYDRA_FULL_ERROR=1 or MCKD_DEBUG=1 show Hydra's own report."""
+    if "HYDRA_FULL_ERROR" in os.environ or debugging():
+        yield
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises the error instead of printing it and exiting 1
+    try:
+        yield
+    except (ConfigCompositionException, OverrideParseException) as err:
+        with exit_on_user_error(logging_ready=False):
+            raise ConfigCompositionError(hydra_message(err)) from None
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 def train() -> None:
-    sys.argv[1:] = member_alias(sys.argv[1:])
-    train_main()
+    sys.argv[1:] = rename_deprecated(sys.argv[1:])
+    with config_errors_in_one_line():
+        train_main()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -97,7 +137,8 @@ def evaluate() -> None:
     from mckd.checkpoints import dataset_key_overrides
 
     sys.argv[1:] = dataset_key_overrides(sys.argv[1:])
-    evaluate_main()
+    with config_errors_in_one_line():
+        evaluate_main()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -112,7 +153,8 @@ def predict() -> None:
     from mckd.checkpoints import dataset_key_overrides
 
     sys.argv[1:] = dataset_key_overrides(sys.argv[1:])
-    predict_main()
+    with config_errors_in_one_line():
+        predict_main()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

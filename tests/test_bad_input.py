@@ -1,6 +1,8 @@
 """Bad input stops early and in one line: each case runs a console script as a subprocess and checks exit code 2,
 exactly one ERROR line naming the key or file, no traceback, no training started, nothing already written
-changed. Then the resume-identity check, `resume_mismatch=allow`, and the one-writer-per-step lock directly."""
+changed. A wrong type, an undeclared key or an unknown choice stops at composition (the schema, mckd/schema.py,
+with Hydra's message); a value out of range, after it (mckd/pipeline/validate.py). Then the resume-identity check,
+`resume_mismatch=allow`, and the one-writer-per-step lock directly."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 from fixtures import dataset_config, make_camvid, make_coco, save
 from hydra import compose, initialize_config_module
+from omegaconf import open_dict
 
 from mckd.data.registry import build_source
 from mckd.data.splits import build_splits
@@ -90,7 +93,7 @@ def other_checkpoint(tmp: Path) -> None:
 
 CAMVID = ("dataset=camvid", "dataset.params.root={tmp}/camvid")
 COCO_COUNTS = ("dataset=coco", "dataset.params.root={tmp}/coco", "dataset.split.labeled_list=null",
-               "dataset.split.val_list=null", "+dataset.split.num_labeled=1")
+               "dataset.split.val_list=null", "dataset.split.num_labeled=1")
 
 
 @dataclass(frozen=True)
@@ -101,28 +104,44 @@ class Case:
     setup: Callable[[Path], None] | None = None
     command: str = "mckd-train"
     resume: bool = False  # run on a copy of an existing (teacher-stage, synthetic) experiment
+    composition: bool = False  # stopped while Hydra composes the config: no experiment directory is known yet
     with_checkpoint: bool = False  # {tmp}/synthetic.ckpt: that experiment's teacher
 
 
 CASES = [
+    # types, keys and choices: stopped by the schema while Hydra composes the config
+    Case("num_stages=abc", ("num_stages=abc",), ("num_stages=abc", "could not be converted to Integer",
+                                                 "full_key: num_stages"), composition=True),
+    Case("num_stages=two", ("num_stages=two",), ("num_stages=two", "full_key: num_stages"), composition=True),
+    Case("optim.lr=abc", ("optim.lr=abc",), ("optim.lr=abc", "could not be converted to Float"), composition=True),
+    Case("optim.lrr=1", ("optim.lrr=1",), ("Key 'lrr' not in", "full_key: optim.lrr"), composition=True),
+    Case("stage=frist", ("stage=frist",), ("stage=frist", "expected one of [all, teacher, pairs, final]",
+                                           "full_key: stage"), composition=True),
+    Case("seed=1.5", ("seed=1.5",), ("seed=1.5", "could not be converted to Integer"), composition=True),
+    Case("unknown optimizer", ("optim.name=adam",), ("optim.name=adam", "[adamw, sgd]"), composition=True),
+    Case("resume_mismatch=maybe", ("resume_mismatch=maybe",), ("resume_mismatch=maybe", "[stop, allow]"),
+         composition=True),
+    Case("crop_size=[64,x]", ("dataset.crop_size=[64,x]",), ("full_key: dataset.crop_size[1]",), composition=True),
+    Case("unknown dataset", ("dataset=imagenet",), ("Could not find 'dataset/imagenet'", "camvid"),
+         composition=True),
+    Case("resume: bad type", ("optim.lr=abc",), ("optim.lr=abc",), resume=True, composition=True),
+    Case("eval: split=tst", ("checkpoint=x.ckpt", "split=tst"), ("split=tst", "[val, test]"), command="mckd-eval"),
+    Case("eval: flip=maybe", ("checkpoint=x.ckpt", "flip=maybe"), ("flip=maybe", "full_key: flip"),
+         command="mckd-eval"),
+    Case("predict: alpha=x", ("checkpoint=x.ckpt", "input=in", "output=out", "alpha=x"),
+         ("alpha=x", "could not be converted to Float"), command="mckd-predict"),
     # config values: stopped by the Hydra callback before anything is written (and before torch loads)
-    Case("num_stages=abc", ("num_stages=abc",), ("num_stages='abc'", "an integer >= 1")),
-    Case("optim.lr=abc", ("optim.lr=abc",), ("optim.lr='abc'", "a number > 0")),
     Case("num_stages=0", ("num_stages=0",), ("num_stages=0", "an integer >= 1")),
     Case("num_partitions=1", ("num_partitions=1",), ("num_partitions=1", "at least 2")),
-    Case("stage=frist", ("stage=frist",), ("stage='frist'", "all, teacher, pairs, final")),
     Case("member=z", ("stage=pairs", "member=z"), ("member='z'", "a, b")),
     Case("pair_stage out of range", ("pair_stage=3",), ("pair_stage=3", "1..1")),
     Case("negative labeled_weight", ("labeled_weight=-1",), ("labeled_weight=-1", ">= 0")),
     Case("confidence_threshold=2", ("pseudo.confidence_threshold=2",), ("pseudo.confidence_threshold=2", "< 1")),
-    Case("seed=1.5", ("seed=1.5",), ("seed=1.5", "an integer")),
     Case("teacher_epochs=0", ("train.teacher_epochs=0",), ("train.teacher_epochs=0", ">= 1")),
     Case("batch_size=0", ("dataset.batch_size=0",), ("dataset.batch_size=0", ">= 1")),
-    Case("unknown optimizer", ("optim.name=adam",), ("optim.name='adam'", "adamw, sgd")),
     Case("cutmix_prob=1.5", ("student_aug.cutmix_prob=1.5",), ("student_aug.cutmix_prob=1.5", "[0, 1]")),
     Case("soft loss without soft labels", ("student_loss.soft_weight=1",), ("student_loss.soft_weight=1", "soft_topk")),
     Case("partition_group not a regex", ("partition_group='[a-'",), ("partition_group='[a-'", "regular expression")),
-    Case("resume_mismatch=maybe", ("resume_mismatch=maybe",), ("resume_mismatch='maybe'", "stop, allow")),
     Case("crop_size=[64]", ("dataset.crop_size=[64]",), ("dataset.crop_size=[64]", "[height, width]")),
     Case("missing teacher_checkpoint", ("teacher_checkpoint={tmp}/nowhere.ckpt",),
          ("teacher_checkpoint={tmp}/nowhere.ckpt", "file not found")),
@@ -146,7 +165,7 @@ CASES = [
     Case("num_partitions > unlabeled images", (*CAMVID, "num_partitions=9"), ("num_partitions=9", "1..5"), camvid),
     Case("fewer groups than partitions", (*CAMVID, "partition_group='^(0001TP)_'"), ("partition_group=", "1 groups"),
          camvid),
-    Case("num_labeled > train images", (*CAMVID, "+dataset.split.num_labeled=100"),
+    Case("num_labeled > train images", (*CAMVID, "dataset.split.num_labeled=100"),
          ("dataset.split.num_labeled=100", "1..6"), camvid),
     Case("unknown dataset kind", ("dataset.kind=imagenet",), ("dataset.kind='imagenet'",)),
     Case("truncated COCO annotations", COCO_COUNTS, ("{tmp}/coco/annotations/instances_train2017.json",
@@ -180,7 +199,7 @@ CASES = [
     Case("teacher_checkpoint and its old spelling differ", ("teacher_checkpoint={tmp}/a.ckpt",
                                                           "teacher.checkpoint={tmp}/b.ckpt"),
          ("teacher_checkpoint={tmp}/a.ckpt and teacher.checkpoint={tmp}/b.ckpt differ",)),
-    Case("resume: bad value", ("optim.lr=abc",), ("optim.lr='abc'",), resume=True),
+    Case("resume: bad value", ("optim.lr=-1",), ("optim.lr=-1", "a number > 0"), resume=True),
     # mckd-eval with a dataset config that interpolates ${seed}
     Case("eval: checkpoint of another dataset", ("checkpoint={tmp}/exp/checkpoints/teacher/best.ckpt", *CAMVID),
          ("predicts 6 classes", "camvid has 11"), camvid, command="mckd-eval", resume=True),
@@ -236,7 +255,10 @@ def test_bad_input_stops_in_one_line(case: Case, tmp_path: Path, mckd_cli, reque
         assert not (exp / "checkpoints").exists()
     after = checksums(exp)
     assert {path: after.get(path) for path in before} == before  # nothing already written changed
-    assert lines[0].split("] - ", 1)[1] in (exp / "cli.log").read_text()
+    if case.composition:  # stopped before the experiment directory is known: nothing written there
+        assert after == before and (case.resume or not exp.exists())
+    else:
+        assert lines[0].split("] - ", 1)[1] in (exp / "cli.log").read_text()
 
 
 def make_read_only(directory: Path) -> Callable[[], None]:
@@ -272,7 +294,11 @@ def train_config(*overrides: str):
 
 
 def test_identity_is_whole_nodes_without_speed_keys() -> None:
-    keys = identity(train_config("+student_aug.brand_new=1", "+pseudo.another=2", "+train.warmup_epochs=1"))
+    cfg = train_config()
+    for node, key in (("student_aug", "brand_new"), ("pseudo", "another"), ("train", "warmup_epochs")):
+        with open_dict(cfg[node]):  # a key added to the schema later
+            cfg[node][key] = 1
+    keys = identity(cfg)
     assert {"student_aug.brand_new", "pseudo.another", "train.warmup_epochs", "num_stages", "dataset.params.num_train",
             "student.encoder", "teacher.arch", "optim.lr", "loss.ce_weight", "labeled_weight", "labeled_fraction",
             "warm_start"} <= set(keys)

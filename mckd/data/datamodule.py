@@ -92,7 +92,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     @property
     def eval_batch_size(self) -> int:
-        return self.cfg.get("eval_batch_size", self.cfg.batch_size)
+        return self.cfg.get("eval_batch_size") or self.cfg.batch_size
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         """An evaluation loader: in order, every item once."""

@@ -82,13 +82,14 @@ def build_splits(source: SegmentationSource, split_cfg: dict) -> Splits:
     if cfg.get("labeled_list"):
         labeled = read_split_list(cfg["labeled_list"], source)
         if cfg.get("unlabeled_list"):
-            unlabeled = read_split_list(cfg["unlabeled_list"], source, with_masks=cfg.get("unlabeled_masks", True))
+            with_masks = cfg.get("unlabeled_masks") is not False  # null: true
+            unlabeled = read_split_list(cfg["unlabeled_list"], source, with_masks=with_masks)
         else:
             taken = {s.id for s in labeled}
             unlabeled = [s for s in source.samples("train") if s.id not in taken]
     else:
         labeled, unlabeled = split_by_count(source.samples("train"), cfg.get("num_labeled"),
-                                            cfg.get("labeled_ratio"), cfg.get("seed", 0))
+                                            cfg.get("labeled_ratio"), cfg.get("seed") or 0)
     val = read_split_list(cfg["val_list"], source) if cfg.get("val_list") else source.samples("val")
     test = source.samples("test") if source.has_test else []
     check_disjoint(labeled, unlabeled)

@@ -79,14 +79,17 @@ def resolve_input_fitted(cfg: Mapping, crop_size: Sequence[int]) -> dict:
 
 
 def model_config(node: Mapping, crop_size: Sequence[int]) -> dict:
-    """A `model` config node without the pipeline's own keys, its input-dependent settings fitted to `crop_size`."""
+    """A `model` config node (mckd/schema.py ModelConfig) as `build_model` takes it: its `kwargs` merged in, keys
+    left null (the architecture's defaults) and the pipeline's own keys left out, and its input-dependent settings
+    fitted to `crop_size`."""
     cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     cfg.pop("checkpoint", None)  # teacher.checkpoint (deprecated teacher_checkpoint): not a network setting
+    cfg = {**{k: v for k, v in cfg.items() if k != "kwargs" and v is not None}, **(cfg.get("kwargs") or {})}
     return resolve_input_fitted(cfg, crop_size)
 
 
 def build_model(cfg: Mapping, num_classes: int) -> SegmentationNet:
-    """The network for a `model` config: {arch, encoder, encoder_weights, ...extra smp kwargs}."""
+    """The network for a `model` config: {arch, encoder, encoder_weights, ...extra smp.create_model arguments}."""
     if cfg.get("decoder_atrous_rates") == "auto":
         raise ModelConfigError("decoder_atrous_rates", "auto", "resolve it with resolve_input_fitted(cfg, crop_size)")
     arch = cfg.get("arch")

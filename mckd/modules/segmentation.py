@@ -40,7 +40,7 @@ def mean_iou(per_class: torch.Tensor) -> torch.Tensor:
     return per_class.nanmean()
 
 
-# optim.name -> the optimizer and the optim.* keys it takes, with their values when a config leaves one out
+# optim.name -> the optimizer and the optim.* keys it takes, with their values when a config leaves one out (or null)
 OPTIMIZERS = {
     "adamw": {"_target_": "torch.optim.AdamW", "weight_decay": 1e-4},
     "sgd": {"_target_": "torch.optim.SGD", "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False},
@@ -52,7 +52,8 @@ def optimizer(cfg: Mapping) -> Callable[..., torch.optim.Optimizer]:
     if cfg["name"] not in OPTIMIZERS:
         raise ValueError(f"optim.name={cfg['name']!r}: expected {' or '.join(map(repr, OPTIMIZERS))}")
     spec = OPTIMIZERS[cfg["name"]]
-    kwargs = {key: cfg.get(key, default) for key, default in spec.items() if key != "_target_"}
+    kwargs = {key: default if cfg.get(key) is None else cfg[key]
+              for key, default in spec.items() if key != "_target_"}
     return instantiate({"_target_": spec["_target_"], "_partial_": True, "lr": cfg["lr"], **kwargs})
 
 

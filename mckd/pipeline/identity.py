@@ -18,6 +18,7 @@ from mckd import layout
 from mckd.atomic import read_json, write_json
 from mckd.errors import MckdError
 from mckd.records import ModelRecord
+from mckd.schema import plain
 
 log = logging.getLogger("mckd")
 
@@ -53,8 +54,8 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """The identity keys of `cfg`, resolved and flattened."""
-    values = {key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-              for key in IDENTITY_KEYS if (node := OmegaConf.select(cfg, key, default=_ABSENT)) is not _ABSENT}
+    values = {key: plain(node) for key in IDENTITY_KEYS
+              if (node := OmegaConf.select(cfg, key, default=_ABSENT)) is not _ABSENT}
     return {k: v for k, v in flatten(values).items() if k not in NOT_IDENTITY}
 
 

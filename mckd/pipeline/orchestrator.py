@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mckd.checkpoints import require_same_classes
 from mckd.data import SegmentationDataModule
@@ -46,6 +46,7 @@ from mckd.pipeline.store import UNRELIABLE, StageReader
 from mckd.pipeline.validate import validate
 from mckd.progress import show_progress
 from mckd.records import LabelRecord, ModelRecord
+from mckd.schema import plain
 from mckd.seeding import step_seed
 
 log = logging.getLogger("mckd")
@@ -84,7 +85,7 @@ class Pipeline:
 
     # -- building blocks -------------------------------------------------------------------------
     def trainer(self, step: str, max_epochs: int = 1, callbacks: Sequence = (), logger: bool = True) -> L.Trainer:
-        kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+        kwargs = plain(self.cfg.trainer)
         loggers = [ResumingCSVLogger(self.exp.dir / "logs", name=step, version=0), *self.loggers(step)] if logger else False
         # each step its own root: a SLURM requeue's hpc_ckpt_* of one step is never loaded into another
         return L.Trainer(max_epochs=max_epochs, default_root_dir=lightning_dir(self.exp.dir, step), logger=loggers,
@@ -94,10 +95,9 @@ class Pipeline:
     def module(self, cls: type[SegmentationModule], model: DictConfig, name: str, loss: DictConfig,
                **extra) -> SegmentationModule:
         return cls(model=model_config(model, self.cfg.dataset.crop_size), num_classes=self.dm.num_classes,
-                   class_names=list(self.dm.source.class_names), optim=OmegaConf.to_container(self.cfg.optim),
-                   loss=OmegaConf.to_container(loss), inference=OmegaConf.to_container(self.cfg.eval),
-                   name=name, channels_last=self.cfg.channels_last,
-                   dataset=OmegaConf.to_container(self.cfg.dataset, resolve=True), **extra)
+                   class_names=list(self.dm.source.class_names), optim=plain(self.cfg.optim),
+                   loss=plain(loss), inference=plain(self.cfg.eval), name=name,
+                   channels_last=self.cfg.channels_last, dataset=plain(self.cfg.dataset), **extra)
 
     def student(self, name: str, init_from: str | None = None) -> StudentModule:
         module = self.module(StudentModule, self.cfg.student, name, self.cfg.student_loss,

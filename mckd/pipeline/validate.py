@@ -14,10 +14,10 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -34,14 +34,10 @@ from mckd.pipeline.identity import (
     teacher_checkpoint,
 )
 from mckd.pipeline.partition import stage_partitions
+from mckd.schema import Rule, TrainConfig, checks, is_int
 
 log = logging.getLogger("mckd")
 
-STAGES = ("all", "teacher", "pairs", "final")
-# old spellings still accepted, with a warning, until the next release: key -> {old value: new value}
-DEPRECATED_VALUES = {"stage": {"first": "pairs"}}
-OPTIMIZERS = ("adamw", "sgd")
-MISMATCH_CHOICES = ("stop", "allow")
 _ABSENT = object()
 
 
@@ -50,142 +46,10 @@ class ConfigError(MckdError, ValueError):
 
 
 # -- config values ---------------------------------------------------------------------------------------------
-class Rule(NamedTuple):
-    ok: Callable[[Any], bool]
-    expected: str
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def integer(minimum: int | None = None) -> Rule:
-    return Rule(lambda v: is_int(v) and (minimum is None or v >= minimum),
-                "an integer" if minimum is None else f"an integer >= {minimum}")
-
-
-def number(minimum: float | None = None, below: float | None = None, positive: bool = False) -> Rule:
-    def ok(v: Any) -> bool:
-        return (is_number(v) and (minimum is None or v >= minimum) and (below is None or v < below)
-                and (not positive or v > 0))
-
-    bounds = [f">= {minimum:g}" if minimum is not None else "", f"< {below:g}" if below is not None else "",
-              "> 0" if positive else ""]
-    return Rule(ok, " ".join(["a number", " and ".join(b for b in bounds if b)]).strip())
-
-
-def fraction() -> Rule:
-    return Rule(lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
-
-
-def share() -> Rule:
-    return Rule(lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]")
-
-
-def boolean() -> Rule:
-    return Rule(lambda v: isinstance(v, bool), "true or false")
-
-
-def choice(*values: str) -> Rule:
-    return Rule(lambda v: v in values, f"one of {', '.join(values)}")
-
-
-def text() -> Rule:
-    return Rule(lambda v: isinstance(v, str) and v != "", "a path")
-
-
-def size() -> Rule:
-    return Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(x) and x > 0 for x in v),
-                "[height, width] of positive integers")
-
-
-def scale_range() -> Rule:
-    return Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(is_number(x) and x > 0 for x in v)
-                and v[0] <= v[1], "[low, high] with 0 < low <= high")
-
-
-def positive_numbers() -> Rule:
-    return Rule(lambda v: isinstance(v, list) and len(v) > 0 and all(is_number(x) and x > 0 for x in v),
-                "a non-empty list of positive numbers")
-
-
-def optional(rule: Rule) -> Rule:
-    return Rule(lambda v: v is None or rule.ok(v), f"null or {rule.expected}")
-
-
-# key -> rule; keys absent from a config are left to their defaults in the code
-RULES: dict[str, Rule] = {
-    "stage": Rule(lambda v: v in STAGES or v in DEPRECATED_VALUES["stage"], choice(*STAGES).expected),
-    "seed": integer(),
-    "num_stages": integer(1),
-    "num_partitions": integer(1),
-    "pair_stage": optional(integer(1)),
-    "repartition": boolean(),
-    "partition_group": optional(text()),
-    "warm_start": boolean(),
-    "labeled_weight": number(0),
-    "labeled_fraction": optional(fraction()),
-    "channels_last": boolean(),
-    "resume_mismatch": choice(*MISMATCH_CHOICES),
-    "teacher_checkpoint": optional(text()),
-    "teacher.checkpoint": optional(text()),
-    "optim.name": choice(*OPTIMIZERS),
-    "optim.lr": number(positive=True),
-    "optim.weight_decay": number(0),
-    "optim.momentum": number(0, below=1),
-    "optim.poly_power": number(0),
-    "loss.ce_weight": number(0),
-    "loss.dice_weight": number(0),
-    "student_loss.ce_weight": number(0),
-    "student_loss.soft_weight": number(0),
-    "student_loss.dice_weight": number(0),
-    "student_loss.temperature": number(positive=True),
-    "pseudo.flip": boolean(),
-    "pseudo.scales": positive_numbers(),
-    "pseudo.previous_weight": fraction(),
-    "pseudo.window": optional(size()),
-    "pseudo.stride": optional(size()),
-    "pseudo.soft_topk": integer(0),
-    "pseudo.confidence_threshold": number(0, below=1),
-    "pseudo.reliable_fraction": optional(share()),
-    "student_aug.scale_range": optional(scale_range()),
-    "student_aug.color_jitter": number(0),
-    "student_aug.color_jitter_prob": fraction(),
-    "student_aug.grayscale_prob": fraction(),
-    "student_aug.blur_prob": fraction(),
-    "student_aug.blur_sigma": scale_range(),
-    "student_aug.cutout_prob": fraction(),
-    "student_aug.cutmix_prob": fraction(),
-    "train.teacher_epochs": integer(1),
-    "train.student_ratio": number(positive=True),
-    "train.ema_decay": optional(number(0, below=1)),
-    "pictures.enabled": boolean(),
-    "pictures.num_images": integer(1),
-    "eval.flip": boolean(),
-    "eval.window": optional(size()),
-    "eval.stride": optional(size()),
-    "dataset.crop_size": size(),
-    "dataset.base_size": optional(size()),
-    "dataset.scale_range": scale_range(),
-    "dataset.color_jitter": number(0),
-    "dataset.hflip": boolean(),
-    "dataset.eval_size": optional(size()),
-    "dataset.batch_size": integer(1),
-    "dataset.eval_batch_size": integer(1),
-    "dataset.num_workers": integer(0),
-    "dataset.min_epoch_size": optional(integer(0)),
-    "dataset.split.num_labeled": optional(integer(1)),
-    "dataset.split.labeled_ratio": optional(number()),
-    "dataset.split.max_labeled": optional(integer(1)),
-    "dataset.split.max_unlabeled": optional(integer(1)),
-    "dataset.split.max_val": optional(integer(1)),
-    "dataset.split.max_test": optional(integer(1)),
-}
-EPOCHS = optional(integer(1))  # every other `train.*_epochs`, including ones added later (null: derived)
+# key -> the range its value must be in, from the schema (mckd/schema.py: each field's `check`); the schema itself
+# has already refused wrong types, undeclared keys and unknown choices at composition. Keys absent from a config
+# (one made without the schema, e.g. by OmegaConf.create) are left to their defaults in the code.
+RULES: dict[str, Rule] = checks(TrainConfig)
 
 
 def value(cfg: DictConfig, key: str) -> Any:
@@ -212,14 +76,11 @@ def check_unset(cfg: DictConfig) -> None:
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Types and ranges of every known key, then the rules that tie keys together."""
+    """The range of every key, then the rules that tie keys together."""
     check_unset(cfg)
     for key, rule in RULES.items():
         if (found := value(cfg, key)) is not _ABSENT:
             require_valid(key, found, rule)
-    for key in (value(cfg, "train") or {}):
-        if str(key).endswith("_epochs") and f"train.{key}" not in RULES:
-            require_valid(f"train.{key}", value(cfg, f"train.{key}"), EPOCHS)
     check_stages(cfg)
     check_reliable_fraction(cfg)
     check_partition_group(cfg.get("partition_group"))
@@ -406,24 +267,18 @@ def check_inputs(cfg: DictConfig) -> None:
         check_teacher_checkpoint(key, checkpoint, cfg.dataset.name, num_classes)
 
 
-def replace_deprecated_values(cfg: DictConfig) -> None:
-    """Rewrite old spellings (DEPRECATED_VALUES) to their new names in `cfg`, with one warning each; warn of
-    `teacher.checkpoint` (read through identity.teacher_checkpoint)."""
+def warn_deprecated_keys(cfg: DictConfig) -> None:
+    """Warn of `teacher.checkpoint`, the old spelling of `teacher_checkpoint` (read through
+    identity.teacher_checkpoint). Old spellings of values on the command line are renamed by mckd/cli.py."""
     if teacher_checkpoint(cfg)[0] == DEPRECATED_TEACHER_CHECKPOINT:
         log.warning("%s is deprecated and will be removed in the next release: use %s", DEPRECATED_TEACHER_CHECKPOINT,
                     TEACHER_CHECKPOINT)
-    for key, renamed in DEPRECATED_VALUES.items():
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, str) and value in renamed:
-            log.warning("%s=%s is deprecated and will be removed in the next release: use %s=%s", key, value, key,
-                        renamed[value])
-            OmegaConf.update(cfg, key, renamed[value])
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every check, in the order that fails fastest; raises the first problem found. Deprecated spellings are
-    renamed first (with a warning), so that every entry point (the CLI, `Pipeline(cfg)`) runs the same steps."""
-    replace_deprecated_values(cfg)
+    """Every check, in the order that fails fastest; raises the first problem found. A deprecated key is warned of
+    first, so that every entry point (the CLI, `Pipeline(cfg)`) runs the same steps."""
+    warn_deprecated_keys(cfg)
     check_settings(cfg, cfg.experiment_dir)
     check_inputs(cfg)
 

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from mckd.atomic import read_json, write_json
@@ -36,6 +36,7 @@ from mckd.data.source import IGNORE_INDEX
 from mckd.layout import FINAL, PICTURES, TEACHER, WANDB, WANDB_IDS
 from mckd.pipeline.experiment import Experiment, is_rank_zero
 from mckd.pipeline.pictures import model_steps
+from mckd.schema import plain
 
 log = logging.getLogger("mckd")
 PSEUDO_LABEL_JOB = "pseudo-label"
@@ -70,9 +71,9 @@ def resolve_mode(configured: str | None, directory: Path) -> str:
 def composed_config(cfg: DictConfig) -> dict:
     """The composed Hydra config, resolved where it can be (outside a Hydra app `${hydra:...}` cannot)."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        return plain(cfg)
     except Exception:  # an unresolvable interpolation: log the config as written
-        return OmegaConf.to_container(cfg, resolve=False)
+        return plain(cfg, resolve=False)
 
 
 class RunLogger(WandbLogger):
