@@ -157,10 +157,10 @@ class SplitConfig:
     num_labeled: int | None = setting(None, integer(1))  # without labeled_list: draw this many labeled images
     labeled_ratio: float | None = setting(None, share())  # ... or this share of the train images with a mask
     seed: int | None = None  # the draw's seed (the dataset configs: ${seed}); null: 0
-    max_labeled: int | None = setting(None, integer(1))  # keep at most this many images of each split
-    max_unlabeled: int | None = setting(None, integer(1))
-    max_val: int | None = setting(None, integer(1))
-    max_test: int | None = setting(None, integer(1))
+    max_labeled: int | None = setting(None, integer(1))  # use at most this many labeled images; null: all
+    max_unlabeled: int | None = setting(None, integer(1))  # ... unlabeled images
+    max_val: int | None = setting(None, integer(1))  # ... val images
+    max_test: int | None = setting(None, integer(1))  # ... test images
 
 
 @dataclass
@@ -210,7 +210,7 @@ class TeacherConfig(ModelConfig):
 class EpochsConfig:
     """train: epochs per model (an epoch is at least dataset.min_epoch_size samples)."""
 
-    teacher_epochs: int = setting(20, integer(1))
+    teacher_epochs: int = setting(20, integer(1))  # the teacher
     student_epochs: int | None = setting(None, integer(1))  # pair students; null: teacher_epochs x student_ratio
     final_epochs: int | None = setting(None, integer(1))  # the final student; null: teacher_epochs x student_ratio
     # students train this many times as long as the teacher (they see more, and noisier, data)
@@ -225,8 +225,8 @@ class OptimConfig:
     """optim: every model's optimizer; its learning rate decays by a poly schedule."""
 
     name: Optimizer = Optimizer.adamw  # adamw | sgd
-    lr: float = setting(0.002, number(positive=True))
-    weight_decay: float = setting(0.0001, number(0))
+    lr: float = setting(0.002, number(positive=True))  # the learning rate at the first step
+    weight_decay: float = setting(0.0001, number(0))  # decoupled (adamw) or L2 (sgd)
     momentum: float = setting(0.9, number(0, below=1))  # sgd only
     nesterov: bool | None = None  # sgd only; null: false
     poly_power: float = setting(0.9, number(0))  # lr * (1 - step / total_steps) ** poly_power
@@ -247,7 +247,7 @@ class StudentLossConfig:
     # hard cross-entropy on pseudo-labels (pixels below pseudo.confidence_threshold ignored)
     ce_weight: float = setting(1.0, number(0))
     soft_weight: float = setting(0.0, number(0))  # KL to the stored soft labels (needs pseudo.soft_topk > 0)
-    dice_weight: float = setting(0.0, number(0))
+    dice_weight: float = setting(0.0, number(0))  # Dice on pseudo-labels
     temperature: float = setting(1.0, number(positive=True))  # of the soft labels' KL
 
 
@@ -280,7 +280,7 @@ class StudentAugConfig:
     color_jitter_prob: float = setting(0.8, fraction())  # ... applied with this chance
     grayscale_prob: float = setting(0.0, fraction())  # RandomGrayscale (ST++/UniMatch: 0.2)
     blur_prob: float = setting(0.0, fraction())  # Gaussian blur with sigma in blur_sigma (ST++/UniMatch: 0.5)
-    blur_sigma: list[float] = setting([0.1, 2.0], span())
+    blur_sigma: list[float] = setting([0.1, 2.0], span())  # [lo, hi] of the blur's sigma
     cutout_prob: float = setting(0.0, fraction())  # CutOut: a random box of noise, its labels ignored (ST++: 0.5)
     # chance per pseudo-labeled sample of pasting a box from another one (UniMatch: 0.5)
     cutmix_prob: float = setting(0.0, fraction())
@@ -290,7 +290,7 @@ class StudentAugConfig:
 class PicturesConfig:
     """pictures: drawn into the experiment directory at the end of a run (mckd/pipeline/pictures.py)."""
 
-    enabled: bool = True
+    enabled: bool = True  # false: no pictures
     num_images: int = setting(4, integer(1))  # val images in the qualitative picture
 
 
