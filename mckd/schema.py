@@ -195,7 +195,7 @@ class ModelConfig:
     # null: random initialisation | a hub or torchvision weights name (needs internet) | a local .pth file
     encoder_weights: str | None = None
     decoder_atrous_rates: Any = None  # DeepLabV3Plus's ASPP rates: auto (fitted to dataset.crop_size) or a list
-    kwargs: dict[str, Any] = setting({})  # any other smp.create_model argument, e.g. {encoder_depth: 4}
+    kwargs: dict[str, Any] = setting({})  # any other smp.create_model argument (+student.kwargs.encoder_depth=4)
 
 
 @dataclass

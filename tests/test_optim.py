@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import OmegaConf
 
 from mckd.modules.segmentation import SegmentationModule, optimizer
 
@@ -35,7 +36,7 @@ def old_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
 
 
 @pytest.mark.parametrize("cfg", [
-    {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001, "momentum": 0.9, "poly_power": 0.9},  # train.yaml
+    {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001, "momentum": 0.9, "poly_power": 0.9},  # the defaults
     {"name": "adamw", "lr": 0.001},  # keys left out take the old defaults
     {"name": "sgd", "lr": 0.005, "weight_decay": 0.0001, "momentum": 0.9, "poly_power": 0.9},  # the presets
     {"name": "sgd", "lr": 0.01, "nesterov": True},
@@ -45,6 +46,15 @@ def test_the_optimizer_is_the_hand_written_one(cfg: dict) -> None:
     expected = old_optimizer(cfg, [torch.nn.Parameter(torch.zeros(3))])
     assert type(built) is type(expected)
     assert built.defaults == expected.defaults
+
+
+def test_a_null_key_takes_the_optimizer_default() -> None:
+    """The schema's `optim.nesterov` is null (sgd's default, false) unless set."""
+    from mckd.schema import OptimConfig, plain
+
+    built, _ = configured(plain(OmegaConf.structured(OptimConfig(name="sgd"))), 10)
+    assert type(built) is torch.optim.SGD and built.defaults["nesterov"] is False
+    assert built.defaults["momentum"] == 0.9 and built.defaults["weight_decay"] == 0.0001
 
 
 def test_an_unknown_optimizer_names_the_known_ones() -> None:
