@@ -95,8 +95,10 @@ def hydra_message(err: Exception) -> str:
 @contextmanager
 def config_errors_in_one_line() -> Iterator[None]:
     """A command line that does not compose stops with Hydra's message on one line and exit status 2, as every
-    other bad input does (mckd/errors.py); HYDRA_FULL_ERROR=1 or MCKD_DEBUG=1 show Hydra's own report."""
-    if "HYDRA_FULL_ERROR" in os.environ or debugging():
+    other bad input does (mckd/errors.py); HYDRA_FULL_ERROR=1 or MCKD_DEBUG=1 show Hydra's own report. Hydra is
+    asked to raise instead of printing (HYDRA_FULL_ERROR, inherited by the processes the command starts), so an
+    error that is not the user's shows Python's whole traceback, Hydra's frames included."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or debugging():
         yield
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises the error instead of printing it and exiting 1

@@ -112,6 +112,10 @@ def positive_numbers() -> Rule:
                 "a non-empty list of positive numbers")
 
 
+def one_of(choices: type[Enum]) -> Rule:
+    return Rule(lambda v: v in set(choices), f"one of {', '.join(choices)}")
+
+
 def optional(rule: Rule) -> Rule:
     return Rule(lambda v: v is None or rule.ok(v), f"null or {rule.expected}")
 
@@ -129,14 +133,16 @@ def node(schema: type) -> Any:
 
 
 def checks(schema: type, prefix: str = "") -> dict[str, Rule]:
-    """{dotted key: Rule} of every field of `schema` (and of its nodes) that has a range; a field that may be null
-    accepts null too."""
+    """{dotted key: Rule} of every field of `schema` (and of its nodes) that has a range or is an Enum (for configs
+    made without the schema, e.g. by OmegaConf.create); a field that may be null accepts null too."""
     found: dict[str, Rule] = {}
     hints = typing.get_type_hints(schema)
     for item in fields(schema):
         key, kind = prefix + item.name, hints[item.name]
         if is_dataclass(kind):
             found.update(checks(kind, f"{key}."))
+        elif isinstance(kind, type) and issubclass(kind, Enum):
+            found[key] = one_of(kind)
         elif "check" in item.metadata:
             rule = item.metadata["check"]
             found[key] = optional(rule) if type(None) in typing.get_args(kind) else rule

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from mckd import schema
 from mckd.cli import hydra_message
 from mckd.pipeline.identity import flatten, identity
-from mckd.pipeline.validate import RULES, check_values
+from mckd.pipeline.validate import RULES, ConfigError, check_values
 
 CONF = Path(str(resources.files("mckd") / "conf"))
 
@@ -128,6 +128,14 @@ def test_rules_are_the_schema_ranges() -> None:
             "dataset.split.max_val", "train.final_epochs"} <= set(RULES)
     assert RULES["pair_stage"].ok(None) and not RULES["num_stages"].ok(None)
     assert RULES["pseudo.reliable_fraction"].expected == "null or a number in (0, 1]"
+
+
+def test_a_config_made_without_the_schema_has_its_choices_checked() -> None:
+    """`Pipeline(cfg)` with a config that did not go through Hydra: an Enum's members are a rule too, and the old
+    `first` is no longer one (the CLI renames it)."""
+    cfg = OmegaConf.create({"stage": "first", "num_stages": 2, "num_partitions": 2})
+    with pytest.raises(ConfigError, match=re.escape("stage='first': expected one of all, teacher, pairs, final")):
+        check_values(cfg)
 
 
 def no_enums(value) -> bool:

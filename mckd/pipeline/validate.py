@@ -46,9 +46,10 @@ class ConfigError(MckdError, ValueError):
 
 
 # -- config values ---------------------------------------------------------------------------------------------
-# key -> the range its value must be in, from the schema (mckd/schema.py: each field's `check`); the schema itself
-# has already refused wrong types, undeclared keys and unknown choices at composition. Keys absent from a config
-# (one made without the schema, e.g. by OmegaConf.create) are left to their defaults in the code.
+# key -> the range its value must be in, from the schema (mckd/schema.py: each field's `check`, an Enum's members).
+# A config Hydra composed has had its types, keys and choices checked already; one made without the schema
+# (OmegaConf.create, then Pipeline(cfg)) gets its choices checked here, and its absent keys are left to the code's
+# defaults.
 RULES: dict[str, Rule] = checks(TrainConfig)
 
 
