@@ -1,6 +1,8 @@
 """A real single-node SLURM (munged, slurmctld, slurmd on localhost) in a temporary folder, for tests.
 
-CPUs only, no accounting database: `jobcomp/filetxt` records every finished job (id, name, state, start, end).
+CPUs only, no accounting database: `jobcomp/filetxt` records every finished job (id, name, state, start, end)
+and every requeue (state PENDING). A requeued job waits `cred_expire` (10 s, SLURM's default 120 s) and then
+starts within a second (`sched_interval=1`; the default 60 s).
 `python tests/slurm_cluster.py DIR` starts one by hand and prints the environment to use it.
 """
 
@@ -76,7 +78,7 @@ SlurmUser={os.environ.get("USER") or "root"}
 SlurmctldPort={free_port()}
 SlurmdPort={free_port()}
 AuthType=auth/munge
-AuthInfo=socket={self.socket}
+AuthInfo=socket={self.socket},cred_expire=10
 CredType=cred/munge
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool
@@ -88,7 +90,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 SchedulerType=sched/backfill
-SchedulerParameters=sched_min_interval=100000
+SchedulerParameters=sched_min_interval=100000,sched_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 JobCompType=jobcomp/filetxt

@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import cli_env
 from hydra import compose, initialize_config_module
 from slurm_cluster import Cluster, install, timestamp
 from test_reproducible import fingerprint
 
 from mckd.pipeline.jobs import (
+    StepCommand,
     base_overrides,
     command,
     device_overrides,
     job_graph,
+    requeue_signal,
     sbatch_parameters,
     settings,
     unfinished,
@@ -90,6 +94,15 @@ def test_a_sweep_composes_with_hydras_submitit_launcher():
     assert cfg.launcher.name == "none" and cfg.hydra.callbacks.sweep_summary is not None
 
 
+def test_the_step_command_outlives_submitits_requeue_signal():
+    """SLURM sends submitit's signal (SIGUSR2) to every process of the job step: mckd-train ignores it, and ends when
+    submitit's handler has requeued the job, not by the signal's default action."""
+    argv = [sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(requeue_signal())}); print('alive')"]
+    if not os.environ.get("SUBMITIT_PREEMPT_SIGNAL"):
+        assert requeue_signal() == signal.SIGUSR2  # submitit's sbatch scripts: --signal=USR2@<signal_delay_s>
+    assert StepCommand("teacher", argv)() == 0
+
+
 def test_no_sbatch_is_one_clear_line(tmp_path):
     env = {**cli_env(tmp_path), "PATH": str(BIN)}  # this venv's scripts, and no sbatch
     proc = subprocess.run([sys.executable, "-m", "mckd.cli", *ARGS, *SLURM_ARGS, f"hydra.run.dir={tmp_path / 'exp'}"],
@@ -120,20 +133,25 @@ def mckd_train(exp: Path, *args: str, env: dict | None = None) -> subprocess.Com
     return proc
 
 
+REQUEUED = ("PENDING", "REQUEUED")  # a job's record when it was requeued: it runs again under its id
+
+
 def wait_for_jobs(cluster: Cluster, ids: list[str], exp: Path, timeout: float = 480) -> dict[str, dict]:
-    """The job-completion records of `ids` once every one has ended; fails with the logs of a job that failed."""
+    """The job-completion records of `ids` once every one has ended (a requeued job: its last run); fails with the
+    logs of a job that failed."""
     end = time.time() + timeout
     while time.time() < end:
-        records = {r["JobId"]: r for r in cluster.jobs() if r.get("JobId") in ids}
+        latest = {r["JobId"]: r for r in cluster.jobs() if r.get("JobId") in ids}
+        records = {i: r for i, r in latest.items() if r["JobState"] not in REQUEUED}
         bad = [r for r in records.values() if r["JobState"] != "COMPLETED"]
         if bad or len(records) == len(ids):
             break
         time.sleep(2)
     else:
-        raise AssertionError(f"jobs {ids} did not all end within {timeout} s: {records}")
+        raise AssertionError(f"jobs {ids} did not all end within {timeout} s: {latest}")
     if bad:
         logs = "\n".join(p.read_text()[-3000:] for r in bad for p in sorted((exp / "slurm").glob(f"{r['JobId']}_0_log.*")))
-        raise AssertionError(f"jobs ended {[(r['JobId'], r['JobName'], r['JobState']) for r in bad]}:\n{logs}")
+        raise AssertionError(f"jobs ended {[(r['JobId'], r['Name'], r['JobState']) for r in bad]}:\n{logs}")
     return records
 
 
@@ -293,7 +311,7 @@ def test_requeued_and_cancelled_jobs_resume_their_own_step(slurm, tmp_path):
 
     wait_until(last.is_file, "the teacher's first last.ckpt")
     subprocess.run(["scontrol", "requeue", teacher], check=True, capture_output=True, env=env)
-    # SLURM holds a requeued job back for two minutes (its begin time); once it is pending, let it start at once
+    # SLURM holds a requeued job back (cred_expire: 10 s here, two minutes by default); once pending, start it now
     wait_until(lambda: squeue_state(slurm, teacher) == "PENDING", "the requeued teacher to be pending", timeout=60)
     subprocess.run(["scontrol", "update", f"jobid={teacher}", "StartTime=now"], check=True, capture_output=True, env=env)
     wait_until(lambda: resumed() == 1, "the requeued teacher to resume")
@@ -315,3 +333,54 @@ def test_requeued_and_cancelled_jobs_resume_their_own_step(slurm, tmp_path):
 
     assert json.loads((exp / "steps" / "teacher.json").read_text())["val_miou"] is not None
     assert json.loads((exp / "steps" / "label-stage0.json").read_text())["pseudo_label_miou"] is not None
+
+
+@pytest.mark.slow
+def test_a_job_at_its_time_limit_is_requeued_and_resumes_its_own_step(slurm, tmp_path):
+    """Training jobs with a one-minute time limit: the teacher's, which needs longer, gets submitit's signal
+    (SIGUSR2, `launcher.signal_delay_s` and up to 30 s more before the limit: slurmctld looks every 30 s), is
+    requeued under its id before SLURM would kill it, and resumes from its own step's last.ckpt, as often as it
+    takes; the experiment ends with the records of the same experiment run uninterrupted."""
+    # ~1 min of training on an idle machine: past the first run's signal, which comes 25 to 55 s into it; a
+    # resumed run is signalled ~48 s in (tests/slurm_cluster.py), so a busy machine needs more requeues
+    args = ("train.teacher_epochs=100",)
+    limits = ("launcher.train.time_min=1", "launcher.signal_delay_s=5", "launcher.max_requeues=10")
+    exp, reference = tmp_path / "exp", tmp_path / "reference" / "exp"
+    mckd_train(reference, *args)
+    reference_last = torch.load(reference / "checkpoints" / "teacher" / "last.ckpt", map_location="cpu",
+                                weights_only=False)
+    # what a requeued job resumes from must be its last epoch (Lightning >= 2.6's save_last follows the best only)
+    assert reference_last["epoch"] == 99, f"the uninterrupted teacher's last.ckpt is epoch {reference_last['epoch']}"
+    env = {**cli_env(tmp_path), "SLURM_CONF": str(slurm.conf)}
+    mckd_train(exp, *SLURM_ARGS, *limits, *args, env=env)
+    table = [json.loads(line) for line in (exp / "slurm" / "jobs.jsonl").read_text().splitlines()]
+    teacher = table[0]["job_id"]
+    last = exp / "checkpoints" / "teacher" / "last.ckpt"
+
+    def requeues() -> list[dict]:
+        return [r for r in slurm.jobs() if r.get("JobId") == teacher and r["JobState"] in REQUEUED]
+
+    # what the requeued job resumes from: read while it waits out SLURM's hold (10 s), before it trains again
+    wait_until(lambda: requeues(), "the teacher's job to be requeued", timeout=180)
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] > 0 and saved["epoch"] < 99, (saved["epoch"], saved["global_step"])
+
+    records = wait_for_jobs(slurm, [row["job_id"] for row in table], exp, timeout=900)
+    assert records[teacher]["JobState"] == "COMPLETED"
+    runs = requeues()
+    for run in runs:  # each run before the last ended by its requeue, before its time limit
+        took = timestamp(run["EndTime"]) - timestamp(run["StartTime"])
+        assert run["TimeLimit"] == "1" and took.total_seconds() < 60, run
+    assert 1 <= len(runs) <= 10  # launcher.max_requeues
+    out = (exp / "slurm" / f"{teacher}_0_log.out").read_text()
+    caught = f"Caught signal {requeue_signal().name}"
+    assert out.count(caught) == out.count("this job is timed-out") == len(runs), out[-3000:]
+    assert out.count(f"Requeued job {teacher}") == len(runs), out[-3000:]
+    teacher_lines = [line for line in (exp / "cli.log").read_text().splitlines() if "teacher: training for" in line]
+    # the first run starts it; each run after a requeue mid-training resumes from its own step's last.ckpt
+    assert teacher_lines[0].endswith("training for 100 epochs")
+    assert all(line.endswith(f"resuming from {last}") for line in teacher_lines[1:]), teacher_lines
+    assert 1 <= len(teacher_lines) - 1 <= len(runs), (teacher_lines, runs)
+    assert fingerprint(exp) == fingerprint(reference)
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert (final["epoch"], final["global_step"]) == (reference_last["epoch"], reference_last["global_step"])

@@ -110,11 +110,12 @@ def command(job: Job, base: Sequence[str], experiment_dir: Path, resources: dict
 class StepCommand:
     """One job's command, run by submitit on every task of the job.
 
-    Requeueing is submitit's: on SIGUSR1 before the time limit (or on pre-emption) the job's first task calls
-    `checkpoint`, which resubmits this same command, and requeues the job under its id, so the jobs that depend
-    on it keep waiting for it; the command run again resumes the step from its last checkpoint, as any re-run
-    does. The command itself ignores SIGUSR1, and Lightning's own requeue handler is off in launched jobs
-    (lightning_io.cluster_plugins), so the job is requeued once.
+    Requeueing is submitit's: on its signal (`requeue_signal`, SIGUSR2) `launcher.signal_delay_s` before the time
+    limit (or on pre-emption) the job's first task calls `checkpoint`, which resubmits this same command, and
+    requeues the job under its id, so the jobs that depend on it keep waiting for it; the command run again resumes
+    the step from its last checkpoint, as any re-run does. SLURM signals every process of the job step: the
+    command itself ignores that signal (it ends when submitit's handler has requeued the job), and Lightning's own
+    requeue handler is off in launched jobs (lightning_io.cluster_plugins), so the job is requeued once.
     """
 
     def __init__(self, name: str, argv: list[str], log_hint: str = ""):
@@ -122,7 +123,8 @@ class StepCommand:
 
     def __call__(self) -> int:
         env = {**os.environ, LAUNCHED_ENV: "slurm"}
-        code = subprocess.run(self.argv, env=env, preexec_fn=ignore_usr1).returncode
+        ignored = requeue_signal()
+        code = subprocess.run(self.argv, env=env, preexec_fn=lambda: signal.signal(ignored, signal.SIG_IGN)).returncode
         if code != 0:
             raise LauncherError(f"step {self.name} failed (mckd-train exited {code}); its log is above "
                                 f"{self.log_hint}; fix the cause and re-run the command that submitted the experiment")
@@ -134,8 +136,12 @@ class StepCommand:
         return submitit.helpers.DelayedSubmission(StepCommand(self.name, self.argv, self.log_hint))
 
 
-def ignore_usr1() -> None:
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+def requeue_signal() -> signal.Signals:
+    """The signal submitit asks SLURM for before the time limit (`--signal`) and requeues on: SIGUSR2, or the one
+    that SUBMITIT_PREEMPT_SIGNAL names."""
+    import submitit
+
+    return signal.Signals["SIG" + submitit.JobEnvironment.USR_SIG]
 
 
 # -- launching ---------------------------------------------------------------------------------------------------
