@@ -226,6 +226,25 @@ def test_a_resumed_training_keeps_the_earlier_rows(tmp_path, caplog):
     assert sorted(int(row["step"]) for row in train) == list(range(len(train)))  # each step once
 
 
+def test_last_ckpt_is_the_last_epoch_when_the_best_came_earlier(tmp_path, monkeypatch):
+    """A step resumes from last.ckpt, and the record scores it as the last epoch: it must be the last epoch, also
+    when validation peaked earlier (Lightning 2.6's save_last=True writes it only with a new best)."""
+    original = SegmentationModule._log_iou
+
+    def falling(self, prefix, metric):  # in training, the first epoch validates best
+        if self.trainer.state.fn != "fit":
+            return original(self, prefix, metric)
+        metric.reset()
+        self.log(f"{prefix}/miou", 1.0 / (1 + self.current_epoch))
+
+    monkeypatch.setattr(SegmentationModule, "_log_iou", falling)
+    exp = tmp_path / "exp"
+    smoke(exp, "stage=teacher", "train.teacher_epochs=3")
+    checkpoints = exp / "checkpoints" / "teacher"
+    assert read_checkpoint(checkpoints / "best.ckpt")["epoch"] == 0
+    assert read_checkpoint(checkpoints / "last.ckpt")["epoch"] == 2
+
+
 def test_rows_from_the_resumed_step_on_and_rows_cut_short_are_dropped(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,step,loss\n0,0,1.0\n0,1,0.9\n1,2,0.8\n1,3,0.7\n1,4")

@@ -22,6 +22,7 @@ from mckd.data.source import Sample
 from mckd.layout import (
     BEST,
     FINAL,
+    LAST,
     TEACHER,
     label_step,
     last_checkpoint,
@@ -142,11 +143,14 @@ class Pipeline:
         resume = self.exp.resume_checkpoint(name)
         log.info("%s: training for %d epochs%s", name, epochs, f", resuming from {resume}" if resume else "")
         checkpoint = ModelCheckpoint(dirpath=self.exp.checkpoint_dir(name), filename=BEST, monitor="val/miou",
-                                     mode="max", save_last=True, enable_version_counter=False)
+                                     mode="max", enable_version_counter=False)
+        # its own callback: since Lightning 2.6 save_last=True writes last.ckpt only when a new best is saved
+        latest = ModelCheckpoint(dirpath=self.exp.checkpoint_dir(name), filename=LAST.removesuffix(".ckpt"),
+                                 save_on_train_epoch_end=True, enable_version_counter=False)
         module = build()
         ema = self.cfg.train.get("ema_decay")
         averaging = [EMAWeightAveraging(decay=float(ema))] if ema else []
-        trainer = self.trainer(name, epochs, [checkpoint, *averaging, *callbacks])
+        trainer = self.trainer(name, epochs, [checkpoint, latest, *averaging, *callbacks])
         trainer.fit(module, datamodule=self.dm, ckpt_path=resume, weights_only=True)
         last = str(self.exp.last_checkpoint(name))
         best = checkpoint.best_model_path or last
