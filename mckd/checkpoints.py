@@ -38,6 +38,9 @@ class ClassCountError(MckdError, ValueError):
 
 # what an mckd checkpoint holds besides `state_dict`: SegmentationModule's saved hyperparameters
 MODEL_HPARAMS = ("model", "num_classes", "class_names")
+# where Lightning keeps the DataModule's (LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY): the dataset config, the
+# palette and the step's data settings (mckd/data/datamodule.py)
+DATAMODULE_HPARAMS = "datamodule_hyper_parameters"
 
 
 def not_a_checkpoint(path: str | Path, reason: str) -> NotACheckpointError:
@@ -85,6 +88,18 @@ def read_checkpoint(path: str | Path) -> dict:
         raise not_a_checkpoint(path, "it loads, but holds no mckd model: no state_dict, or no hyper_parameters "
                                      f"with {', '.join(MODEL_HPARAMS)}")
     return contents
+
+
+def saved_dataset(contents: Mapping) -> dict | None:
+    """The dataset config a checkpoint's model was trained on: its DataModule's; in a checkpoint written before
+    the DataModule kept it, its module's; None in one older still."""
+    data = contents.get(DATAMODULE_HPARAMS) or {}
+    return data.get("dataset") or contents["hyper_parameters"].get("dataset")
+
+
+def saved_palette(contents: Mapping) -> list | None:
+    """The dataset's colours, as the checkpoint's DataModule saved them (None in older checkpoints)."""
+    return (contents.get(DATAMODULE_HPARAMS) or {}).get("palette")
 
 
 def require_same_classes(checkpoint: str | Path, checkpoint_classes: int, dataset: str, dataset_classes: int) -> None:

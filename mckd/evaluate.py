@@ -21,11 +21,13 @@ from mckd.atomic import write_json
 from mckd.checkpoints import (
     ModelRef,
     dataset_config,
+    read_checkpoint,
     require,
     require_same_classes,
     resolve_model,
+    saved_dataset,
 )
-from mckd.data import IGNORE_INDEX, SegmentationDataModule
+from mckd.data import IGNORE_INDEX, SegmentationData, SegmentationDataModule
 from mckd.errors import MckdError
 from mckd.modules.inference import InferenceSettings, class_probs, predictions_and_truth
 from mckd.modules.segmentation import SegmentationModule, iou_metric, mean_iou
@@ -103,25 +105,27 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     if cfg.split not in SPLITS:
         raise EvalConfigError(f"split={cfg.split!r}: expected one of {SPLITS}")
     ref = resolve_model(cfg.checkpoint, cfg.step)
-    module = SegmentationModule.from_checkpoint(str(ref.checkpoint))
-    dataset = dataset_config(cfg, overrides, ref.experiment, saved=module.hparams.get("dataset"))
-    dm = SegmentationDataModule(dataset)
-    require_same_classes(ref.checkpoint, module.hparams.num_classes, dataset.name, dm.num_classes)
-    samples = dm.splits.val if cfg.split == "val" else dm.splits.test
+    contents = read_checkpoint(ref.checkpoint)
+    module = SegmentationModule.from_checkpoint(str(ref.checkpoint), contents=contents)
+    dataset = dataset_config(cfg, overrides, ref.experiment, saved=saved_dataset(contents))
+    data = SegmentationData.build(dataset)
+    require_same_classes(ref.checkpoint, module.hparams.num_classes, dataset.name, data.num_classes)
+    samples = data.splits.val if cfg.split == "val" else data.splits.test
     if not samples:
         raise EvalConfigError(f"dataset {dataset.name} has no {cfg.split} images (split={cfg.split})")
     settings = InferenceSettings.resolve(module.inference, cfg.flip, cfg.window, cfg.stride)
     flip, window, stride = settings.flip, settings.window, settings.stride
-    evaluator = Evaluator(module, dm.num_classes, flip, window, stride)
+    evaluator = Evaluator(module, data.num_classes, flip, window, stride)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=show_progress(),
                         enable_model_summary=False, **OmegaConf.to_container(cfg.trainer, resolve=True))
+    dm = SegmentationDataModule(data)
     loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
     trainer.validate(evaluator, dataloaders=loader, verbose=False)
     result = {
         "checkpoint": str(ref.checkpoint), "experiment": None if ref.experiment is None else str(ref.experiment),
         "step": ref.step, "dataset": dataset.name, "split": cfg.split, "num_images": len(samples),
         "inference": {"flip": flip, "window": window, "stride": stride if window else None},
-        **evaluator.metrics(list(dm.source.class_names)),
+        **evaluator.metrics(data.class_names),
     }
     if not is_rank_zero():
         return result

@@ -19,7 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from mckd.atomic import write_json
-from mckd.checkpoints import dataset_config, require, require_same_classes, resolve_model
+from mckd.checkpoints import (
+    dataset_config,
+    read_checkpoint,
+    require,
+    require_same_classes,
+    resolve_model,
+    saved_dataset,
+)
 from mckd.data.folder import IMAGE_SUFFIXES, list_images
 from mckd.data.registry import build_source, source_class
 from mckd.data.source import DatasetError, SegmentationSource, default_palette, read_rgb
@@ -92,8 +99,9 @@ def predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     ref = resolve_model(cfg.checkpoint, cfg.step)
     images = input_images(cfg.input)
     out = Path(cfg.output).expanduser()
-    module = SegmentationModule.from_checkpoint(str(ref.checkpoint))
-    dataset = dataset_config(cfg, overrides, ref.experiment, required=False, saved=module.hparams.get("dataset"))
+    contents = read_checkpoint(ref.checkpoint)
+    module = SegmentationModule.from_checkpoint(str(ref.checkpoint), contents=contents)
+    dataset = dataset_config(cfg, overrides, ref.experiment, required=False, saved=saved_dataset(contents))
     num_classes = module.hparams.num_classes
     if (reader := dataset_reader(dataset)) is not None:  # its classes are known
         require_same_classes(ref.checkpoint, num_classes, dataset.name, reader.num_classes)

@@ -28,6 +28,7 @@ import bench_common as bc
 def run_mckd(pipe, net, samples, device: str, warmup: int, store_dir: Path, soft_topk: int = 0) -> dict:
     from lightning.pytorch.callbacks import Callback
 
+    from mckd.data import PredictDataModule
     from mckd.modules import Labeler
     from mckd.pipeline.labeling import PseudoLabelWriter
     from mckd.pipeline.store import PseudoLabelStore
@@ -42,13 +43,13 @@ def run_mckd(pipe, net, samples, device: str, warmup: int, store_dir: Path, soft
 
     cfg = pipe.cfg
     begin = time.perf_counter()
-    store = PseudoLabelStore(store_dir, pipe.dm.num_classes)
+    store = PseudoLabelStore(store_dir, pipe.data.num_classes)
     writer, timer = PseudoLabelWriter(store, 0), BatchTimes()
-    pipe.dm.use_predict(samples)
+    dm = PredictDataModule(pipe.data, samples)
     labeler = Labeler([net], flip=cfg.pseudo.flip, window=cfg.pseudo.window, stride=cfg.pseudo.stride,
                       soft_topk=soft_topk)
     pipe.trainer("bench-label", callbacks=[writer, timer], logger=False).predict(
-        labeler, datamodule=pipe.dm, return_predictions=False)
+        labeler, datamodule=dm, return_predictions=False)
     end = bc.now(device)
     written = sum(f.stat().st_size for f in store_dir.rglob("*") if f.is_file())
     return {"img_s": (len(samples) - timer.at_start) / (end - timer.start),
@@ -58,10 +59,11 @@ def run_mckd(pipe, net, samples, device: str, warmup: int, store_dir: Path, soft
 def run_plain(pipe, net, samples, device: str, warmup: int) -> dict:
     import torch
 
+    from mckd.data import PredictDataModule
+
     cfg = pipe.cfg
     begin = time.perf_counter()
-    pipe.dm.use_predict(samples)
-    loader = pipe.dm.predict_dataloader()
+    loader = PredictDataModule(pipe.data, samples).predict_dataloader()
     net = net.to(device).eval()
     seen = at_start = 0
     start = None
@@ -87,14 +89,14 @@ def pretrain(pipe, net, device: str, steps: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from mckd.data import IGNORE_INDEX
+    from mckd.data import IGNORE_INDEX, LabeledDataModule
 
-    pipe.dm.use_labeled()
+    dm = LabeledDataModule(pipe.data)
     net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=pipe.cfg.optim.lr)
     done = 0
     while done < steps:
-        for batch in pipe.dm.train_dataloader():
+        for batch in dm.train_dataloader():
             logits = net(batch["image"].to(device))
             loss = F.cross_entropy(logits, batch["mask"].to(device), ignore_index=IGNORE_INDEX)
             opt.zero_grad()
@@ -133,8 +135,8 @@ def main() -> None:
     cfg = bc.compose_config(args.device, [*overrides, *args.override])
     L.seed_everything(0, verbose=False)
     pipe = Pipeline(cfg)
-    samples = pipe.dm.splits.unlabeled[:images]
-    net = build_model(model_config(cfg.teacher, cfg.dataset.crop_size), pipe.dm.num_classes)
+    samples = pipe.data.splits.unlabeled[:images]
+    net = build_model(model_config(cfg.teacher, cfg.dataset.crop_size), pipe.data.num_classes)
     if pretrain_steps:
         pretrain(pipe, net, args.device, pretrain_steps)
 
@@ -147,7 +149,7 @@ def main() -> None:
               f"({time.perf_counter() - t:.0f} s)", flush=True)
     soft = run_mckd(pipe, net, samples, args.device, args.warmup, work / "soft3", soft_topk=3)
 
-    h, w = pipe.dm.source.read_image(samples[0]).shape[:2]
+    h, w = pipe.data.source.read_image(samples[0]).shape[:2]
     m, pl = bc.median([x["img_s"] for x in mckd]), bc.median([x["img_s"] for x in plain])
     mt, plt = bc.median([x["img_s_total"] for x in mckd]), bc.median([x["img_s_total"] for x in plain])
     hard_bytes = mckd[-1]["bytes"] / len(samples)

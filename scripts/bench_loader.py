@@ -1,8 +1,8 @@
 """Data loading headroom: can the default training loader feed the default student's training step?
 
-Loader: the SegmentationDataModule's `train_dataloader()` with the dataset config's crop, batch size and
-num_workers, iterated without a model, for the teacher's set (`use_labeled`: ground truth) and a student's set
-(`use_pseudo_labels`: images plus stored pseudo-labels read from a PseudoLabelStore, the student's stronger
+Loader: a training DataModule's `train_dataloader()` with the dataset config's crop, batch size and
+num_workers, iterated without a model, for the teacher's set (`LabeledDataModule`: ground truth) and a student's
+set (`PseudoLabelDataModule`: images plus stored pseudo-labels read from a PseudoLabelStore, the student's stronger
 augmentation, and the labeled split mixed in as `labeled_weight` asks). Timed after `warmup` batches (worker
 start-up), over epoch boundaries. Step: forward + backward + AdamW step of the default student model
 (`model@student`) on batches loaded beforehand (already on the device). `loader_headroom` = the slower
@@ -60,8 +60,8 @@ def fake_stage(pipe) -> None:
     """Stage 0 pseudo-labels for every unlabeled image: its ground truth, confidence 0.9."""
     import numpy as np
 
-    store, source = pipe.exp.store, pipe.dm.source
-    samples = pipe.dm.splits.unlabeled
+    store, source = pipe.exp.store, pipe.data.source
+    samples = pipe.data.splits.unlabeled
     for s in samples:
         mask = source.read_mask(s)
         store.write_sample(0, s.id, mask, np.full(mask.shape, 0.9, np.float32))
@@ -82,6 +82,7 @@ def main() -> None:
     import lightning as L
     from omegaconf import OmegaConf
 
+    from mckd.data import LabeledDataModule
     from mckd.layout import FINAL
     from mckd.pipeline.orchestrator import Pipeline
 
@@ -92,13 +93,12 @@ def main() -> None:
     cfg = bc.compose_config(args.device, [*overrides, *args.override])
     L.seed_everything(0, verbose=False)
     pipe = Pipeline(cfg)
-    dm = pipe.dm
 
-    dm.use_labeled()
+    dm = LabeledDataModule(pipe.data)
     teacher_rate = loader_rate(dm, batches, args.warmup)
     print(f"teacher loader: {teacher_rate:.1f} img/s", flush=True)
     fake_stage(pipe)
-    pipe.use_pseudo_labels(dm.splits.unlabeled, pipe.exp.store.reader(0), FINAL)
+    dm = pipe.pseudo_label_data(pipe.data.splits.unlabeled, pipe.exp.store.reader(0), FINAL)
     student_rate = loader_rate(dm, batches, args.warmup)
     print(f"student loader: {student_rate:.1f} img/s", flush=True)
 

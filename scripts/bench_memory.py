@@ -38,8 +38,8 @@ def child(args) -> None:
     cfg = bc.compose_config(args.device, overrides)
     L.seed_everything(0, verbose=False)
     pipe = Pipeline(cfg)
-    net = build_model(model_config(cfg.teacher, cfg.dataset.crop_size), pipe.dm.num_classes)
-    samples = pipe.dm.splits.unlabeled
+    net = build_model(model_config(cfg.teacher, cfg.dataset.crop_size), pipe.data.num_classes)
+    samples = pipe.data.splits.unlabeled
     assert len(samples) == args.child, (len(samples), args.child)
     start = time.perf_counter()
     pipe.label(0, [(samples, [TEACHER], [net])], {TEACHER: "labeled"})

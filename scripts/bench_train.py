@@ -1,7 +1,7 @@
 """Training overhead: mckd's training path vs. a hand-written PyTorch loop on the same model, data and steps.
 
-mckd: `Trainer.fit` on a SegmentationModule (the teacher's model and loss) with the SegmentationDataModule's
-labeled loader, the Trainer built by `Pipeline.trainer` (mckd's CSV logging, logging interval and progress-bar
+mckd: `Trainer.fit` on a SegmentationModule (the teacher's model and loss) with the LabeledDataModule's
+loader, the Trainer built by `Pipeline.trainer` (mckd's CSV logging, logging interval and progress-bar
 choice), with validation switched off. Plain: the same network from `build_model`, the same DataLoader, AdamW
 and cross-entropy. Rounds alternate plain, mckd, plain, mckd, ...; each round runs `warmup` steps and then times
 `steps` steps (from the end of the last warm-up step to the end of the last step). The figures are the median
@@ -22,6 +22,7 @@ def run_mckd(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
     import torch
     from lightning.pytorch.callbacks import Callback
 
+    from mckd.data import LabeledDataModule
     from mckd.layout import TEACHER
     from mckd.modules import SegmentationModule
     from mckd.pipeline.orchestrator import Pipeline
@@ -38,13 +39,13 @@ def run_mckd(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
 
     L.seed_everything(seed, verbose=False)
     pipe = Pipeline(cfg)
-    pipe.dm.use_labeled()
+    dm = LabeledDataModule(pipe.data)
     module = pipe.module(SegmentationModule, cfg.teacher, TEACHER, cfg.loss)
     timer = StepTimes()
     trainer = pipe.trainer("bench-train", max_epochs=1, callbacks=[timer])
-    trainer.fit(module, datamodule=pipe.dm)
+    trainer.fit(module, datamodule=dm)
     images = steps * cfg.dataset.batch_size
-    del trainer, module, pipe
+    del trainer, module, dm, pipe
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -55,12 +56,11 @@ def run_plain(cfg, device: str, warmup: int, steps: int, seed: int) -> float:
     import lightning as L
     import torch
 
-    from mckd.data import SegmentationDataModule
+    from mckd.data import LabeledDataModule, SegmentationData
     from mckd.models import build_model, model_config
 
     L.seed_everything(seed, verbose=False)
-    dm = SegmentationDataModule(cfg.dataset)
-    dm.use_labeled()
+    dm = LabeledDataModule(SegmentationData.build(cfg.dataset))
     loader = dm.train_dataloader()
     net = build_model(model_config(cfg.teacher, cfg.dataset.crop_size), dm.num_classes).to(device)
     if cfg.channels_last:

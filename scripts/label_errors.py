@@ -18,18 +18,18 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from mckd import layout
-from mckd.data import SegmentationDataModule
+from mckd.data.datamodule import SegmentationData
 from mckd.data.source import IGNORE_INDEX
 from mckd.pipeline.store import PseudoLabelStore
 
 
-def error_counts(dm: SegmentationDataModule, store: PseudoLabelStore, stage: int) -> dict[str, float]:
+def error_counts(data: SegmentationData, store: PseudoLabelStore, stage: int) -> dict[str, float]:
     before, after = store.reader(stage - 1), store.reader(stage)
-    by_id = {s.id: s for s in dm.splits.unlabeled}
+    by_id = {s.id: s for s in data.splits.unlabeled}
     ids = [i for part in after.manifest["partitions"] for i in part["ids"]]
     valid = prev_wrong = repeated = fixed = new_wrong = same = 0
     for sample_id in ids:
-        truth = dm.source.read_mask(by_id[sample_id])
+        truth = data.source.read_mask(by_id[sample_id])
         old, new = before.read(sample_id)["label"], after.read(sample_id)["label"]
         known = truth != IGNORE_INDEX
         wrong = known & (old != truth)
@@ -74,9 +74,9 @@ def main() -> None:
     parser.add_argument("--frames", help="regex over sample ids with two groups: sequence and frame number")
     args = parser.parse_args()
     cfg = OmegaConf.load(args.experiment / ".hydra" / "config.yaml")
-    dm = SegmentationDataModule(cfg.dataset)
-    store = PseudoLabelStore(layout.pseudo_label_dir(args.experiment), dm.num_classes)
-    result = error_counts(dm, store, args.stage)
+    data = SegmentationData.build(cfg.dataset)
+    store = PseudoLabelStore(layout.pseudo_label_dir(args.experiment), data.num_classes)
+    result = error_counts(data, store, args.stage)
     if args.frames:
         result.update(frame_gaps(store.reader(args.stage).manifest, args.frames))
     print("RESULT " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))

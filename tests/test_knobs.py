@@ -12,7 +12,7 @@ from test_pipeline import compose_train, smoke
 from torch import nn
 
 from mckd import layout
-from mckd.data import SegmentationDataModule
+from mckd.data import PredictDataModule, PseudoLabelDataModule, SegmentationData, SegmentationDataModule
 from mckd.models.factory import fit_atrous_rates, resolve_input_fitted
 from mckd.modules.inference import class_probs, stored_probs
 from mckd.modules.segmentation import Labeler, SegmentationModule, StudentModule, cutmix
@@ -26,20 +26,21 @@ STRONG = ("student_aug.color_jitter=0.5", "student_aug.color_jitter_prob=1.0", "
 class FakeLabels:
     """A pseudo-label reader that returns the image's ground truth (so labels and masks can be compared)."""
 
-    def __init__(self, dm: SegmentationDataModule):
-        self.dm = dm
+    def __init__(self, data: SegmentationData):
+        self.data = data
 
     def read(self, sample_id: str) -> dict:
-        sample = next(s for s in self.dm.splits.unlabeled if s.id == sample_id)
-        mask = self.dm.source.read_mask(sample)
+        sample = next(s for s in self.data.splits.unlabeled if s.id == sample_id)
+        mask = self.data.source.read_mask(sample)
         return {"label": mask, "confidence": np.full(mask.shape, 255, np.uint8)}
 
 
 def student_items(*overrides: str) -> tuple[list[dict], list[dict]]:
     """One pass over a student's training set without random scale/flip: (pseudo-labeled items, labeled items)."""
     cfg = compose_train("debug=smoke", "dataset.scale_range=[1.0,1.0]", "dataset.hflip=false", *overrides)
-    dm = SegmentationDataModule(cfg.dataset)
-    dm.use_pseudo_labels(dm.splits.unlabeled, FakeLabels(dm), labeled_weight=1.0, strong=cfg.student_aug)
+    data = SegmentationData.build(cfg.dataset)
+    dm = PseudoLabelDataModule(data, data.splits.unlabeled, FakeLabels(data), labeled_weight=1.0,
+                               strong=cfg.student_aug)
     pseudo, labeled = dm.train_set.datasets
     return [pseudo[i] for i in range(len(pseudo))], [labeled[i] for i in range(len(labeled))]
 
@@ -115,7 +116,7 @@ def test_atrous_rates_fit_the_input():
 
 def test_evaluation_scores_at_the_masks_own_size():
     cfg = compose_train("debug=smoke", "dataset.eval_size=[32,32]")
-    dm = SegmentationDataModule(cfg.dataset)
+    dm = SegmentationDataModule(SegmentationData.build(cfg.dataset))
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape[-2:] == (32, 32) and batch["mask"].shape[-2:] == (64, 64)
 
@@ -143,9 +144,9 @@ def test_ema_weights_are_what_is_saved_and_scored(tmp_path, monkeypatch):
     scored_with: list[list[str]] = []
     original = Pipeline.evaluate
 
-    def spy(self, trainer, module, checkpoint):
+    def spy(self, trainer, module, *args):
         scored_with.append([type(c).__name__ for c in trainer.callbacks if isinstance(c, WeightAveraging)])
-        return original(self, trainer, module, checkpoint)
+        return original(self, trainer, module, *args)
 
     monkeypatch.setattr(Pipeline, "evaluate", spy)
     smoke(tmp_path / "exp", "stage=teacher", "train.ema_decay=0.9")
@@ -185,8 +186,8 @@ def stability_from_checkpoints(exp, cfg, epochs: list[int]) -> dict[str, float]:
     paths = [*(layout.snapshot_checkpoint(exp, layout.TEACHER, n) for n in epochs),
              layout.last_checkpoint(exp, layout.TEACHER)]
     nets = [SegmentationModule.from_checkpoint(str(p)).net.eval() for p in paths]
-    dm = SegmentationDataModule(cfg.dataset)
-    dm.use_predict(dm.splits.unlabeled)
+    data = SegmentationData.build(cfg.dataset)
+    dm = PredictDataModule(data, data.splits.unlabeled)
     scores = {}
     with torch.no_grad():
         for batch in dm.predict_dataloader():  # the labeling's batches: same images, same arithmetic
@@ -203,24 +204,27 @@ def test_reliable_fraction_leaves_the_least_stable_images_out_of_the_first_stude
     ever sees them, while the final student (stage-1 labels) trains on every image."""
     datasets: list[set[str]] = []  # each student's pseudo-labeled images, in training order
     seen: dict[str, set[str]] = {}
-    use_pseudo_labels, training_step = SegmentationDataModule.use_pseudo_labels, StudentModule.training_step
+    from mckd.pipeline.orchestrator import Pipeline
 
-    def spy_dataset(self, samples, *args, **kwargs):
-        datasets.append({s.id for s in samples})
-        return use_pseudo_labels(self, samples, *args, **kwargs)
+    make_datamodule, training_step = Pipeline.pseudo_label_data, StudentModule.training_step
+
+    def spy_dataset(self, *args, **kwargs):
+        datamodule = make_datamodule(self, *args, **kwargs)
+        datasets.append({s.id for s in datamodule.train_set.datasets[0].samples})  # the pseudo-labeled part
+        return datamodule
 
     def spy_step(self, batch, batch_idx):
         seen.setdefault(self.hparams.name, set()).update(i for i, p in zip(batch["id"], batch["pseudo"]) if p)
         return training_step(self, batch, batch_idx)
 
-    monkeypatch.setattr(SegmentationDataModule, "use_pseudo_labels", spy_dataset)
+    monkeypatch.setattr(Pipeline, "pseudo_label_data", spy_dataset)
     monkeypatch.setattr(StudentModule, "training_step", spy_step)
     overrides = ("train.teacher_epochs=3", "pseudo.reliable_fraction=0.5", "pictures.enabled=false")
     exp = tmp_path / "exp"
     smoke(exp, *overrides)
     cfg = compose_train("debug=smoke", *overrides)
 
-    store = PseudoLabelStore(layout.pseudo_label_dir(exp), SegmentationDataModule(cfg.dataset).num_classes)
+    store = PseudoLabelStore(layout.pseudo_label_dir(exp), SegmentationData.build(cfg.dataset).num_classes)
     manifest = store.manifest(0)
     unlabeled = {i for part in manifest["partitions"] for i in part["ids"]}
     unreliable = set(manifest["unreliable"])

@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 
 import mckd
 from mckd.cli import run_pipeline
-from mckd.data import Sample, SegmentationDataModule
+from mckd.data import Sample, SegmentationData
 from mckd.data.synthetic import CLASS_NAMES
 from mckd.layout import student_names
 from mckd.modules import StudentModule
@@ -55,9 +55,9 @@ def scale_and_jitter(transform) -> tuple[tuple[float, float], bool]:
 ])
 def test_student_augmentation_defaults_to_the_datasets_and_can_be_strengthened(overrides, expected):
     cfg = compose_train("dataset.scale_range=[0.75,1.5]", *overrides)
-    dm = SegmentationDataModule(cfg.dataset)
-    assert scale_and_jitter(dm.augmentation(cfg.student_aug)) == expected
-    assert scale_and_jitter(dm.augmentation()) == ((0.75, 1.5), False)  # the teacher's
+    data = SegmentationData.build(cfg.dataset)
+    assert scale_and_jitter(data.train_transform(cfg.student_aug)) == expected
+    assert scale_and_jitter(data.train_transform()) == ((0.75, 1.5), False)  # the teacher's
 
 
 # -- partitioner -----------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_ddp_cpu_labels_equal_single_process(tmp_path):
-    from mckd.data import SegmentationDataModule
+    from mckd.data import PredictDataModule
     from mckd.modules import Labeler, SegmentationModule
     from mckd.pipeline.labeling import PseudoLabelWriter
 
@@ -313,8 +313,8 @@ def test_ddp_cpu_labels_equal_single_process(tmp_path):
     assert manifest["complete"] and len(ids) == 12
 
     cfg = compose_train("debug=smoke", f"experiment_dir={exp}")
-    dm = SegmentationDataModule(cfg.dataset)
-    dm.use_predict(dm.splits.unlabeled)
+    data = SegmentationData.build(cfg.dataset)
+    dm = PredictDataModule(data, data.splits.unlabeled)
     single = PseudoLabelStore(tmp_path / "single", dm.num_classes)
     teacher = SegmentationModule.from_checkpoint(str(exp / "checkpoints" / "teacher" / "best.ckpt")).net
     import lightning as L

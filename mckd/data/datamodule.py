@@ -1,10 +1,23 @@
-"""The LightningDataModule: a dataset's splits, and the training set of the step that runs now."""
+"""LightningDataModules, one per kind of step, over a dataset's reader and splits (`SegmentationData`, built once).
+
+    SegmentationDataModule   val and test: evaluation (mckd-eval, a loaded teacher)
+    LabeledDataModule        + the labeled split: the teacher's training
+    PseudoLabelDataModule    + a partition's pseudo-labels (and the labeled split): a student's training
+    PredictDataModule        + the images to label: the labeler
+
+Each saves its dataset config, the dataset's palette and its own settings with `save_hyperparameters`, so every
+checkpoint a step writes carries them (`datamodule_hyper_parameters`): mckd-eval and mckd-predict read a
+checkpoint alone.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
@@ -18,37 +31,43 @@ from mckd.data.datasets import (
 )
 from mckd.data.registry import build_source
 from mckd.data.sampling import EpochSampler, SeededDataset
-from mckd.data.source import Sample
-from mckd.data.splits import build_splits
+from mckd.data.source import Sample, SegmentationSource
+from mckd.data.splits import Splits, build_splits
 from mckd.data.transforms import eval_transform, train_transform
+from mckd.schema import plain
 
 
-def _size(value) -> tuple[int, int] | None:
+def _size(value: Sequence[int] | None) -> tuple[int, int] | None:
     return None if value is None else tuple(int(v) for v in value)
 
 
-class SegmentationDataModule(L.LightningDataModule):
-    """Labeled, unlabeled, val and test splits of one dataset.
+@dataclass(frozen=True)
+class SegmentationData:
+    """A dataset config with its reader and splits: the expensive parts, built once and shared by every step's
+    DataModule, the pictures and W&B's validation images."""
 
-    The train set is chosen per step: `use_labeled()` for the teacher, `use_pseudo_labels()` for a student;
-    its epochs are drawn by an `EpochSampler` seeded with the step's seed.
-    """
+    cfg: Any  # the `dataset` config node (DictConfig), or a plain mapping
+    source: SegmentationSource
+    splits: Splits
 
-    def __init__(self, cfg: Mapping):
-        super().__init__()
-        self.cfg = cfg
-        self.source = build_source(cfg)
-        self.splits = build_splits(self.source, cfg.get("split", {}))
-        self.train_set: ConcatDataset | None = None
-        self.train_seed = 0
-        self.group_fractions: list[float] | None = None  # per-batch shares of the train set's parts
-        self.predict_set: Dataset | None = None
+    @classmethod
+    def build(cls, cfg: Any) -> SegmentationData:
+        source = build_source(cfg)
+        return cls(cfg, source, build_splits(source, cfg.get("split") or {}))
 
     @property
     def num_classes(self) -> int:
         return self.source.num_classes
 
-    def augmentation(self, strong: Mapping | None = None):
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.source.class_names)
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.cfg.get("eval_batch_size") or self.cfg["batch_size"]
+
+    def train_transform(self, strong: Mapping | None = None):
         """The training transform: the dataset's own, or with `strong` (student noise on pseudo-labeled images)
         overriding its scale range and adding photometric noise and CutOut."""
         cfg, strong = self.cfg, dict(strong or {})
@@ -57,73 +76,106 @@ class SegmentationDataModule(L.LightningDataModule):
         if strong.get("blur_sigma") is not None:
             noise["blur_sigma"] = tuple(strong["blur_sigma"])
         return train_transform(
-            crop_size=_size(cfg.crop_size), base_size=_size(cfg.get("base_size")),
-            scale_range=tuple(strong.get("scale_range") or cfg.scale_range), hflip=cfg.get("hflip", True),
+            crop_size=_size(cfg["crop_size"]), base_size=_size(cfg.get("base_size")),
+            scale_range=tuple(strong.get("scale_range") or cfg["scale_range"]), hflip=cfg.get("hflip", True),
             color_jitter=float(strong.get("color_jitter") or cfg.get("color_jitter", 0.0)), **noise,
         )
 
-    def eval_augmentation(self):
+    def eval_transform(self):
         return eval_transform(_size(self.cfg.get("eval_size")))
 
-    def use_labeled(self, soft_topk: int = 0, seed: int = 0) -> None:
-        self.train_set = ConcatDataset([LabeledDataset(self.source, self.splits.labeled, self.augmentation(),
-                                                       soft_topk=soft_topk)])
-        self.train_seed, self.group_fractions = seed, None
 
-    def use_pseudo_labels(self, samples: Sequence[Sample], labels: PseudoLabelReader, labeled_weight: float = 0.0,
-                          confidence_threshold: float = 0.0, soft_topk: int = 0, strong: Mapping | None = None,
-                          labeled_fraction: float | None = None, seed: int = 0) -> None:
-        """Train on `samples` with `labels` and the `strong` noise, plus the labeled split (with the dataset's own
-        augmentation) weighted by `labeled_weight` when > 0, making up `labeled_fraction` of every batch
-        (None: its share of the items)."""
-        parts: list[Dataset] = [PseudoLabeledDataset(self.source, samples, labels, self.augmentation(strong),
-                                                     confidence_threshold, soft_topk)]
-        self.group_fractions = None
-        if labeled_weight > 0:
-            parts.append(LabeledDataset(self.source, self.splits.labeled, self.augmentation(), labeled_weight,
-                                        soft_topk))
-            if labeled_fraction is not None:
-                self.group_fractions = [1 - labeled_fraction, labeled_fraction]
-        self.train_set = ConcatDataset(parts)
-        self.train_seed = seed
+class SegmentationDataModule(L.LightningDataModule):
+    """The val and test splits of a dataset, read as training validates (in order, every image once)."""
 
-    def use_predict(self, samples: Sequence[Sample]) -> None:
-        self.predict_set = ImageDataset(self.source, samples, self.eval_augmentation())
+    def __init__(self, data: SegmentationData, **settings: Any):
+        super().__init__()
+        self.data = data
+        # not logged: the loggers get the composed config, and the module's hyperparameters as before
+        palette = np.asarray(data.source.palette).tolist()
+        self.save_hyperparameters({"dataset": dict(plain(data.cfg)), "palette": palette, **settings}, logger=False)
 
     @property
-    def eval_batch_size(self) -> int:
-        return self.cfg.get("eval_batch_size") or self.cfg.batch_size
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def _workers(self) -> dict:
+        workers = self.data.cfg.get("num_workers", 0)
+        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available(),
+                "collate_fn": pad_collate}
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         """An evaluation loader: in order, every item once."""
-        workers = self.cfg.get("num_workers", 0)
-        return DataLoader(dataset, batch_size=self.eval_batch_size,
-                          num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                          collate_fn=pad_collate)
+        return DataLoader(dataset, batch_size=self.data.eval_batch_size, **self._workers())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(EvalDataset(self.data.source, self.data.splits.val, self.data.eval_transform()))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(EvalDataset(self.data.source, self.data.splits.test, self.data.eval_transform()))
+
+
+class TrainingDataModule(SegmentationDataModule):
+    """A step's training set, its epochs drawn by an `EpochSampler` seeded with the step's seed."""
+
+    train_set: ConcatDataset
+    group_fractions: list[float] | None = None  # per-batch shares of the train set's parts; None: pooled
+
+    def __init__(self, data: SegmentationData, seed: int = 0, **settings: Any):
+        super().__init__(data, seed=seed, **settings)
+        self.seed = seed
 
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_sampler(self) -> EpochSampler:
         """Epochs of at least `min_epoch_size` items (small sets are drawn several times), in whole batches."""
-        if self.train_set is None:
-            raise RuntimeError("no training set chosen: call use_labeled() or use_pseudo_labels() first")
-        size = max(len(self.train_set), self.cfg.get("min_epoch_size") or 0)
-        batch_size = self.cfg.batch_size
+        cfg = self.data.cfg
+        size = max(len(self.train_set), cfg.get("min_epoch_size") or 0)
+        batch_size = cfg["batch_size"]
         return EpochSampler([len(d) for d in self.train_set.datasets], max(1, size // batch_size), batch_size,
-                            self.train_seed, self._epoch, self.group_fractions)
+                            self.seed, self._epoch, self.group_fractions)
 
     def train_dataloader(self) -> DataLoader:
-        workers = self.cfg.get("num_workers", 0)
-        return DataLoader(SeededDataset(self.train_set), batch_size=self.cfg.batch_size, sampler=self.train_sampler(),
-                          num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                          collate_fn=pad_collate)
+        return DataLoader(SeededDataset(self.train_set), batch_size=self.data.cfg["batch_size"],
+                          sampler=self.train_sampler(), **self._workers())
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(EvalDataset(self.source, self.splits.val, self.eval_augmentation()))
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(EvalDataset(self.source, self.splits.test, self.eval_augmentation()))
+class LabeledDataModule(TrainingDataModule):
+    """The teacher's: the labeled split with the dataset's augmentation."""
+
+    def __init__(self, data: SegmentationData, seed: int = 0):
+        super().__init__(data, seed, train_set="labeled")
+        self.train_set = ConcatDataset([LabeledDataset(data.source, data.splits.labeled, data.train_transform())])
+
+
+class PseudoLabelDataModule(TrainingDataModule):
+    """A student's: `samples` with `labels` and the `strong` noise, plus the labeled split (with the dataset's own
+    augmentation) weighted by `labeled_weight` when > 0, making up `labeled_fraction` of every batch (None: its
+    share of the items)."""
+
+    def __init__(self, data: SegmentationData, samples: Sequence[Sample], labels: PseudoLabelReader,
+                 labeled_weight: float = 0.0, confidence_threshold: float = 0.0, soft_topk: int = 0,
+                 strong: Mapping | None = None, labeled_fraction: float | None = None, seed: int = 0):
+        super().__init__(data, seed, train_set="pseudo_labels", num_pseudo_labeled=len(samples),
+                         labeled_weight=labeled_weight, confidence_threshold=confidence_threshold,
+                         soft_topk=soft_topk, strong=dict(plain(strong) or {}), labeled_fraction=labeled_fraction)
+        parts: list[Dataset] = [PseudoLabeledDataset(data.source, samples, labels, data.train_transform(strong),
+                                                     confidence_threshold, soft_topk)]
+        if labeled_weight > 0:
+            parts.append(LabeledDataset(data.source, data.splits.labeled, data.train_transform(), labeled_weight,
+                                        soft_topk))
+            if labeled_fraction is not None:
+                self.group_fractions = [1 - labeled_fraction, labeled_fraction]
+        self.train_set = ConcatDataset(parts)
+
+
+class PredictDataModule(SegmentationDataModule):
+    """The labeler's: `samples`, in order, read as evaluation reads them."""
+
+    def __init__(self, data: SegmentationData, samples: Sequence[Sample]):
+        super().__init__(data)
+        self.predict_set = ImageDataset(data.source, samples, data.eval_transform())
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set)

@@ -63,7 +63,9 @@ class SegmentationModule(L.LightningModule):
     def __init__(self, model: Mapping, num_classes: int, class_names: Sequence[str], optim: Mapping,
                  loss: Mapping | None = None, inference: Mapping | None = None, name: str = TEACHER,
                  channels_last: bool = False, dataset: Mapping | None = None):
-        super().__init__()  # `dataset`: the config it is trained on, kept in the checkpoint for mckd-eval/predict
+        # `dataset`: accepted for loading older checkpoints, which kept the dataset config here; their DataModule
+        # keeps it now (datamodule_hyper_parameters, mckd/data/datamodule.py)
+        super().__init__()
         self.save_hyperparameters()
         self.net = build_model(model, num_classes)
         self.class_names = list(class_names)
@@ -74,12 +76,14 @@ class SegmentationModule(L.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> SegmentationModule:
+    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu",
+                        contents: Mapping | None = None) -> SegmentationModule:
         """Load a trained module, as weights only; NotACheckpointError (one line) for a file that is not one.
 
-        Encoder weights come from the checkpoint, never re-read from their file.
+        Encoder weights come from the checkpoint, never re-read from their file. `contents`: the file as
+        `read_checkpoint` returned it, where the caller has read it already.
         """
-        hparams = read_checkpoint(path)["hyper_parameters"]
+        hparams = (contents or read_checkpoint(path))["hyper_parameters"]
         try:
             return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True,
                                             model={**hparams["model"], "encoder_weights": None})

@@ -17,7 +17,13 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from omegaconf import DictConfig
 
 from mckd.checkpoints import require_same_classes
-from mckd.data import SegmentationDataModule
+from mckd.data.datamodule import (
+    LabeledDataModule,
+    PredictDataModule,
+    PseudoLabelDataModule,
+    SegmentationData,
+    SegmentationDataModule,
+)
 from mckd.data.source import Sample
 from mckd.layout import (
     BEST,
@@ -70,17 +76,17 @@ class Pipeline:
         if not validated:  # the CLI validates before it imports Lightning and torch, so bad input fails in a second
             validate(cfg)
         self.cfg = cfg
-        self.dm = SegmentationDataModule(cfg.dataset)
-        self.exp = Experiment(cfg.experiment_dir, self.dm.num_classes)
+        self.data = SegmentationData.build(cfg.dataset)  # the reader and splits, shared by every step's DataModule
+        self.exp = Experiment(cfg.experiment_dir, self.data.num_classes)
         if is_rank_zero():
             record_identity(cfg, self.exp.dir)
         self.loggers: Callable[[str], list] = lambda step: []
         self.callbacks: Callable[[str], list] = lambda step: []  # extra Lightning callbacks per step name
-        self.on_results: list[Callable[[dict], None]] = [lambda results: write_pictures(cfg, self.exp, self.dm)]
+        self.on_results: list[Callable[[dict], None]] = [lambda results: write_pictures(cfg, self.exp, self.data)]
         if (cfg.get("logger") or {}).get("wandb"):
             from mckd.pipeline.wandb_logging import WandbTracker
 
-            tracker = WandbTracker(cfg, self.exp, self.dm)
+            tracker = WandbTracker(cfg, self.exp, self.data)
             self.loggers, self.callbacks = tracker.loggers, tracker.callbacks
             self.on_results.append(tracker.finish)
 
@@ -95,10 +101,9 @@ class Pipeline:
 
     def module(self, cls: type[SegmentationModule], model: DictConfig, name: str, loss: DictConfig,
                **extra) -> SegmentationModule:
-        return cls(model=model_config(model, self.cfg.dataset.crop_size), num_classes=self.dm.num_classes,
-                   class_names=list(self.dm.source.class_names), optim=plain(self.cfg.optim),
-                   loss=plain(loss), inference=plain(self.cfg.eval), name=name,
-                   channels_last=self.cfg.channels_last, dataset=plain(self.cfg.dataset), **extra)
+        return cls(model=model_config(model, self.cfg.dataset.crop_size), num_classes=self.data.num_classes,
+                   class_names=self.data.class_names, optim=plain(self.cfg.optim), loss=plain(loss),
+                   inference=plain(self.cfg.eval), name=name, channels_last=self.cfg.channels_last, **extra)
 
     def student(self, name: str, init_from: str | None = None) -> StudentModule:
         module = self.module(StudentModule, self.cfg.student, name, self.cfg.student_loss,
@@ -107,14 +112,16 @@ class Pipeline:
             module.net.load_state_dict(StudentModule.from_checkpoint(init_from).net.state_dict())
         return module
 
-    def evaluate(self, trainer: L.Trainer, module: SegmentationModule, checkpoint: str | None) -> dict:
+    def evaluate(self, trainer: L.Trainer, module: SegmentationModule, checkpoint: str | None,
+                 datamodule: SegmentationDataModule) -> dict:
         """val (and test) mIoU and per-class IoU of `checkpoint` (None: the module as it is)."""
-        val = trainer.validate(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False, weights_only=True)[0]
-        names = self.dm.source.class_names
+        val = trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False,
+                               weights_only=True)[0]
         result = {"val_miou": val["val/miou"], "test_miou": None,
-                  "per_class_iou": {n: val[f"val/iou/{n}"] for n in names}}
-        if self.dm.splits.test:
-            test = trainer.test(module, datamodule=self.dm, ckpt_path=checkpoint, verbose=False, weights_only=True)[0]
+                  "per_class_iou": {n: val[f"val/iou/{n}"] for n in self.data.class_names}}
+        if self.data.splits.test:
+            test = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False,
+                                weights_only=True)[0]
             result["test_miou"] = test["test/miou"]
         return result
 
@@ -129,9 +136,10 @@ class Pipeline:
         return int(epochs) if epochs is not None else max(1, round(train.teacher_epochs * train.student_ratio))
 
     @one_writer(lambda name, *args, **kwargs: name)
-    def train(self, name: str, build: Callable[[], SegmentationModule], epochs: int, callbacks: Sequence = (),
-              **info) -> ModelRecord:
-        """Train one model unless its record exists; resumes from `last.ckpt` when interrupted.
+    def train(self, name: str, data: Callable[[], SegmentationDataModule], build: Callable[[], SegmentationModule],
+              epochs: int, callbacks: Sequence = (), **info) -> ModelRecord:
+        """Train the model `build` makes on the DataModule `data` makes, unless the step's record exists; resumes
+        from `last.ckpt` when interrupted.
 
         The step seeds itself (model initialisation, its sampler, CutMix), so its result does not depend on
         which steps ran before it in this process."""
@@ -147,18 +155,19 @@ class Pipeline:
         # its own callback: since Lightning 2.6 save_last=True writes last.ckpt only when a new best is saved
         latest = ModelCheckpoint(dirpath=self.exp.checkpoint_dir(name), filename=LAST.removesuffix(".ckpt"),
                                  save_on_train_epoch_end=True, enable_version_counter=False)
+        datamodule = data()
         module = build()
         ema = self.cfg.train.get("ema_decay")
         averaging = [EMAWeightAveraging(decay=float(ema))] if ema else []
         trainer = self.trainer(name, epochs, [checkpoint, latest, *averaging, *callbacks])
-        trainer.fit(module, datamodule=self.dm, ckpt_path=resume, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         last = str(self.exp.last_checkpoint(name))
         best = checkpoint.best_model_path or last
         if averaging:  # the checkpoints hold the average; a trainer without the callback scores them as saved
             trainer = self.trainer(name, epochs)
         # val both selects best.ckpt and scores it; the last epoch's figure shows how much selection adds
-        last_val = self.evaluate(trainer, module, last) if last != best else None
-        scores = self.evaluate(trainer, module, best)
+        last_val = self.evaluate(trainer, module, last, datamodule) if last != best else None
+        scores = self.evaluate(trainer, module, best, datamodule)
         last_val = last_val or scores
         record = ModelRecord(name=name, **scores, checkpoint=os.path.relpath(best, self.exp.dir),
                              wall_time_s=round(time.time() - start, 1), last_val_miou=last_val["val_miou"],
@@ -197,11 +206,11 @@ class Pipeline:
             if not todo:
                 continue
             log.info("%s: %s labels %d images", name, "+".join(names), len(todo))
-            self.dm.use_predict(unfinished_batches(samples, todo, self.dm.eval_batch_size))
+            datamodule = PredictDataModule(self.data, unfinished_batches(samples, todo, self.data.eval_batch_size))
             labeler = Labeler(nets, flip=pseudo.flip, window=pseudo.window, stride=pseudo.stride,
                               soft_topk=pseudo.soft_topk, scales=pseudo.get("scales") or (1.0,), previous=previous,
                               previous_weight=previous_weight, stability=stability)
-            self.trainer(name, callbacks=[writer], logger=False).predict(labeler, datamodule=self.dm,
+            self.trainer(name, callbacks=[writer], logger=False).predict(labeler, datamodule=datamodule,
                                                                          return_predictions=False)
         barrier()
         if is_rank_zero():
@@ -212,9 +221,9 @@ class Pipeline:
             if stability:
                 manifest.update(self.unreliable(stage, everything))
             self.exp.store.write_manifest(stage, manifest)
-            per_class = pseudo_label_iou(self.dm.source, everything, self.exp.store.reader(stage))
+            per_class = pseudo_label_iou(self.data.source, everything, self.exp.store.reader(stage))
             miou = None if per_class is None else float(mean_iou(per_class))
-            per_class_iou = None if per_class is None else dict(zip(self.dm.source.class_names, per_class.tolist()))
+            per_class_iou = None if per_class is None else dict(zip(self.data.class_names, per_class.tolist()))
             self.exp.save_record(LabelRecord(name=name, stage=stage, pseudo_label_miou=miou,
                                              pseudo_label_per_class_iou=per_class_iou,
                                              wall_time_s=round(time.time() - start, 1)))
@@ -254,14 +263,11 @@ class Pipeline:
         if checkpoint := teacher_checkpoint(cfg)[1]:
             self.load_teacher(checkpoint)
         else:
-            def build() -> SegmentationModule:
-                self.dm.use_labeled(seed=self.seed(TEACHER))
-                return self.module(SegmentationModule, cfg.teacher, TEACHER, cfg.loss)
-
             snapshots = self.teacher_snapshots()
-            self.train(TEACHER, build, self.epochs("teacher"), [SnapshotCheckpoint(snapshots)] if snapshots else [],
-                       trained_on="labeled")
-        unlabeled = self.dm.splits.unlabeled
+            self.train(TEACHER, lambda: LabeledDataModule(self.data, seed=self.seed(TEACHER)),
+                       lambda: self.module(SegmentationModule, cfg.teacher, TEACHER, cfg.loss), self.epochs("teacher"),
+                       [SnapshotCheckpoint(snapshots)] if snapshots else [], trained_on="labeled")
+        unlabeled = self.data.splits.unlabeled
         if unlabeled and not self.labeled(0):
             teacher = SegmentationModule.from_checkpoint(self.checkpoint_of(TEACHER)).net
             self.label(0, [(unlabeled, [TEACHER], [teacher])], {TEACHER: "labeled"}, self.teacher_stability())
@@ -273,15 +279,16 @@ class Pipeline:
             return
         start = time.time()
         module = SegmentationModule.from_checkpoint(path)
-        require_same_classes(path, module.hparams.num_classes, self.cfg.dataset.name, self.dm.num_classes)
-        self.exp.save_record(ModelRecord(name=TEACHER, **self.evaluate(self.trainer(TEACHER), module, None),
+        require_same_classes(path, module.hparams.num_classes, self.cfg.dataset.name, self.data.num_classes)
+        scores = self.evaluate(self.trainer(TEACHER), module, None, SegmentationDataModule(self.data))
+        self.exp.save_record(ModelRecord(name=TEACHER, **scores,
                                          checkpoint=os.path.abspath(path), trained_on="loaded",
                                          wall_time_s=round(time.time() - start, 1)))
         barrier()
 
     def partitions(self, stage: int) -> list[list[Sample]]:
         cfg = self.cfg
-        return stage_partitions(self.dm.splits.unlabeled, cfg.num_partitions, cfg.seed, stage, cfg.repartition,
+        return stage_partitions(self.data.splits.unlabeled, cfg.num_partitions, cfg.seed, stage, cfg.repartition,
                                 cfg.get("partition_group"))
 
     def run_pair_stage(self, stage: int) -> bool:
@@ -296,11 +303,9 @@ class Pipeline:
             previous = student_names(stage - 1, cfg.num_partitions)[i] if stage > 1 else None
             init = self.checkpoint_of(previous) if cfg.warm_start and previous else None
 
-            def build(part: list[Sample] = parts[i], name: str = name, init: str | None = init) -> StudentModule:
-                self.use_pseudo_labels(part, labels, name)
-                return self.student(name, init)
-
-            self.train(name, build, self.epochs("student"), stage=stage, trained_on=i)
+            self.train(name, lambda part=parts[i], name=name: self.pseudo_label_data(part, labels, name),
+                       lambda name=name, init=init: self.student(name, init), self.epochs("student"), stage=stage,
+                       trained_on=i)
         waiting = [n for n in names if not self.exp.finished(n)]
         if waiting:
             log.info("stage %d: cross-labeling waits for %s", stage, ", ".join(waiting))
@@ -320,24 +325,20 @@ class Pipeline:
             return False
         return True
 
-    def use_pseudo_labels(self, samples: list[Sample], labels: StageReader, step: str) -> None:
-        """Train `step` on `samples` with `labels`, less the images the stage marked unreliable."""
+    def pseudo_label_data(self, samples: list[Sample], labels: StageReader, step: str) -> PseudoLabelDataModule:
+        """Student `step`'s DataModule: `samples` with `labels`, less the images the stage marked unreliable."""
         cfg = self.cfg
-        samples = reliable_only(samples, labels.unreliable, step)
-        self.dm.use_pseudo_labels(samples, labels, labeled_weight=cfg.labeled_weight,
-                                  confidence_threshold=cfg.pseudo.confidence_threshold,
-                                  soft_topk=cfg.pseudo.soft_topk if cfg.student_loss.soft_weight else 0,
-                                  strong=cfg.student_aug, labeled_fraction=cfg.get("labeled_fraction"),
-                                  seed=self.seed(step))
+        return PseudoLabelDataModule(self.data, reliable_only(samples, labels.unreliable, step), labels,
+                                     labeled_weight=cfg.labeled_weight,
+                                     confidence_threshold=cfg.pseudo.confidence_threshold,
+                                     soft_topk=cfg.pseudo.soft_topk if cfg.student_loss.soft_weight else 0,
+                                     strong=cfg.student_aug, labeled_fraction=cfg.get("labeled_fraction"),
+                                     seed=self.seed(step))
 
     def run_final(self) -> None:
         labels = self.exp.store.reader(self.cfg.num_stages - 1)
-
-        def build() -> StudentModule:
-            self.use_pseudo_labels(self.dm.splits.unlabeled, labels, FINAL)
-            return self.student(FINAL)
-
-        self.train(FINAL, build, self.epochs("final"), trained_on="all")
+        self.train(FINAL, lambda: self.pseudo_label_data(self.data.splits.unlabeled, labels, FINAL),
+                   lambda: self.student(FINAL), self.epochs("final"), trained_on="all")
 
     def run(self) -> dict | None:
         stage = self.cfg.stage

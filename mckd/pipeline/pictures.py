@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from mckd import layout
 from mckd.atomic import read_json, write_json
+from mckd.data.datamodule import SegmentationData
 from mckd.modules.predictor import Predictor
 from mckd.pipeline.experiment import Experiment
 from mckd.progress import progress
@@ -35,20 +36,20 @@ def model_steps(cfg: DictConfig, exp: Experiment) -> list[tuple[str, str, ModelR
     return out
 
 
-def write_qualitative(cfg: DictConfig, exp: Experiment, dm, path: Path, num_images: int = GRID_IMAGES,
-                      device: str = "auto") -> Path | None:
+def write_qualitative(cfg: DictConfig, exp: Experiment, data: SegmentationData, path: Path,
+                      num_images: int = GRID_IMAGES, device: str = "auto") -> Path | None:
     """image / ground truth / each model's prediction for the first `num_images` validation images."""
-    samples = dm.splits.val[:num_images]
+    samples = data.splits.val[:num_images]
     models = model_steps(cfg, exp)
     if not samples or not models:
         return None
-    source, palette = dm.source, dm.source.palette
-    data = [source.read(s) for s in samples]
-    rows = [[image, colorize(mask, palette)] for image, mask in data]
+    source, palette = data.source, data.source.palette
+    images = [source.read(s) for s in samples]
+    rows = [[image, colorize(mask, palette)] for image, mask in images]
     titles = ["image", "ground truth"]
     for name, checkpoint, record in progress(models, desc="qualitative grid", unit="model"):
-        predictor = Predictor.from_checkpoint(checkpoint, transform=dm.eval_augmentation(), device=device)
-        for row, (image, _) in zip(rows, data):
+        predictor = Predictor.from_checkpoint(checkpoint, transform=data.eval_transform(), device=device)
+        for row, (image, _) in zip(rows, images):
             row.append(colorize(predictor(image), palette))
         miou = record.val_miou
         titles.append(name if miou is None else f"{name}\nval mIoU {miou:.3f}")
@@ -59,12 +60,12 @@ def write_qualitative(cfg: DictConfig, exp: Experiment, dm, path: Path, num_imag
     return path
 
 
-def class_distribution(cfg: DictConfig, exp: Experiment, dm, cache: Path | None = None) -> dict:
+def class_distribution(cfg: DictConfig, exp: Experiment, data: SegmentationData, cache: Path | None = None) -> dict:
     """Pixel counts per class: labeled ground truth, unlabeled ground truth (where known), each stage's labels.
 
     Counts in `cache` are reused: a stage's labels never change once its manifest is written.
     """
-    source, splits, n = dm.source, dm.splits, dm.num_classes
+    source, splits, n = data.source, data.splits, data.num_classes
     old = read_json(cache) if cache is not None and cache.is_file() else {}
     if old.get("classes") != list(source.class_names):
         old = {}
@@ -93,14 +94,14 @@ def class_distribution(cfg: DictConfig, exp: Experiment, dm, cache: Path | None 
     return out
 
 
-def write_class_distribution(cfg: DictConfig, exp: Experiment, dm, path: Path) -> Path:
-    distribution = class_distribution(cfg, exp, dm, cache=path.with_suffix(".json"))
+def write_class_distribution(cfg: DictConfig, exp: Experiment, data: SegmentationData, path: Path) -> Path:
+    distribution = class_distribution(cfg, exp, data, cache=path.with_suffix(".json"))
     fig = distribution_figure(distribution, f"{exp.dir.name}: class distribution, labeled vs pseudo-labeled pixels")
     save_figure(fig, path)
     return path
 
 
-def write_pictures(cfg: DictConfig, exp: Experiment, dm) -> dict[str, Path]:
+def write_pictures(cfg: DictConfig, exp: Experiment, data: SegmentationData) -> dict[str, Path]:
     """qualitative.png and class_distribution.png (+ .json) in the experiment directory; rank zero only.
 
     Pictures are a report, not a result: one that fails is logged and the others are still drawn.
@@ -110,9 +111,10 @@ def write_pictures(cfg: DictConfig, exp: Experiment, dm) -> dict[str, Path]:
         return {}
     device = "cpu" if str(cfg.trainer.get("accelerator", "cpu")) == "cpu" else "auto"
     jobs = {
-        "qualitative": lambda: write_qualitative(cfg, exp, dm, exp.dir / layout.PICTURES["qualitative"],
+        "qualitative": lambda: write_qualitative(cfg, exp, data, exp.dir / layout.PICTURES["qualitative"],
                                                  int(settings.get("num_images", GRID_IMAGES)), device),
-        "class_distribution": lambda: write_class_distribution(cfg, exp, dm, exp.dir / layout.PICTURES["class_distribution"]),
+        "class_distribution": lambda: write_class_distribution(cfg, exp, data,
+                                                               exp.dir / layout.PICTURES["class_distribution"]),
     }
     written = {}
     for name, job in jobs.items():

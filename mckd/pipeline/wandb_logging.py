@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from mckd.atomic import read_json, write_json
+from mckd.data.datamodule import SegmentationData
 from mckd.data.source import IGNORE_INDEX
 from mckd.layout import FINAL, PICTURES, TEACHER, WANDB, WANDB_IDS
 from mckd.pipeline.experiment import Experiment, is_rank_zero
@@ -122,12 +123,12 @@ def _resize(array: np.ndarray, max_side: int, nearest: bool) -> np.ndarray:
 class ValidationImages(Callback):
     """At every validation, a few fixed validation images with their ground-truth and predicted masks."""
 
-    def __init__(self, dm, num_images: int = 4, max_side: int = 512, key: str = "val/examples"):
-        self.dm, self.num_images, self.max_side, self.key = dm, num_images, max_side, key
+    def __init__(self, data: SegmentationData, num_images: int = 4, max_side: int = 512, key: str = "val/examples"):
+        self.data, self.num_images, self.max_side, self.key = data, num_images, max_side, key
         self._data: list | None = None
 
     def class_labels(self) -> dict[int, str]:
-        labels = dict(enumerate(self.dm.source.class_names))
+        labels = dict(enumerate(self.data.class_names))
         if len(labels) <= IGNORE_INDEX:
             labels[IGNORE_INDEX] = "ignore"
         return labels
@@ -138,8 +139,8 @@ class ValidationImages(Callback):
         from mckd.modules.predictor import Predictor
 
         if self._data is None:
-            self._data = [(s.id, *self.dm.source.read(s)) for s in self.dm.splits.val[: self.num_images]]
-        predictor = Predictor(module, self.dm.eval_augmentation(), device=module.device)
+            self._data = [(s.id, *self.data.source.read(s)) for s in self.data.splits.val[: self.num_images]]
+        predictor = Predictor(module, self.data.eval_transform(), device=module.device)
         labels, out = self.class_labels(), []
         for sample_id, image, mask in self._data:
             pred = predictor(image).astype(np.uint8 if len(labels) <= 256 else np.int32)
@@ -154,7 +155,7 @@ class ValidationImages(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or self.num_images <= 0:
             return
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers or not self.dm.splits.val:
+        if not loggers or not self.data.splits.val:
             return
         images = self.images(pl_module)
         for logger in loggers:
@@ -164,8 +165,8 @@ class ValidationImages(Callback):
 class WandbTracker:
     """The W&B side of one pipeline run: loggers and callbacks per step, and the pseudo-label run at the end."""
 
-    def __init__(self, cfg: DictConfig, exp: Experiment, dm):
-        self.cfg, self.exp, self.dm = cfg, exp, dm
+    def __init__(self, cfg: DictConfig, exp: Experiment, data: SegmentationData):
+        self.cfg, self.exp, self.data = cfg, exp, data
         self.settings = dict(cfg.logger.wandb)
         self.ids = self._ids() if is_rank_zero() else {}
         self.group = self.settings.get("group") or self.ids.get("group") or exp.dir.name
@@ -203,7 +204,7 @@ class WandbTracker:
         return [RunLogger(save_dir=str(self.exp.dir), project=project, **args)]
 
     def callbacks(self, step: str) -> list:
-        return [ValidationImages(self.dm, int(self.settings.get("num_images", 4)),
+        return [ValidationImages(self.data, int(self.settings.get("num_images", 4)),
                                  int(self.settings.get("image_size", 512)))]
 
     def finish(self, results: dict) -> None:
@@ -253,7 +254,7 @@ class WandbTracker:
 
     def summary_rows(self) -> tuple[list[str], list[list]]:
         """One row per finished model: val/test mIoU, the mIoU of the pseudo-labels it made, time, per-class IoU."""
-        classes = list(self.dm.source.class_names)
+        classes = self.data.class_names
         columns = ["step", "stage", "val_miou", "test_miou", "pseudo_label_miou", "wall_time_s",
                    *(f"iou/{c}" for c in classes)]
         rows = []
