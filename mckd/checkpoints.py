@@ -1,9 +1,9 @@
 """What `checkpoint=PATH` means to mckd-eval and mckd-predict, and the dataset config that goes with it.
 
-PATH is a `.ckpt` file or an experiment directory (meaning its `final` student, or the model `step=` names).
-A checkpoint inside an experiment (`<exp>/checkpoints/<step>/*.ckpt`) belongs to that experiment, whose
-dataset config (`<exp>/.hydra/config.yaml`) is reused unless the command line chooses one (`dataset=NAME`);
-`dataset.KEY=VALUE` changes one key of whichever is used.
+PATH is a `.ckpt` file, read alone wherever it lies, or an experiment directory (meaning its `final` student, or
+the model `step=` names, as the step's record names it). A checkpoint carries the dataset config it was trained
+on (its DataModule's hyperparameters, mckd/data/datamodule.py), which is used unless the command line chooses
+another (`dataset=NAME`); `dataset.KEY=VALUE` changes one key of whichever is used.
 
 Every checkpoint is read as weights only (`read_checkpoint`): loading a file never runs code from it.
 """
@@ -112,7 +112,7 @@ def require_same_classes(checkpoint: str | Path, checkpoint_classes: int, datase
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A checkpoint file, and the experiment and step it comes from (None for a checkpoint on its own)."""
+    """A checkpoint file, and the experiment directory and step that named it (None for a .ckpt given alone)."""
 
     checkpoint: Path
     experiment: Path | None = None
@@ -125,14 +125,6 @@ class ModelRef:
 
 def is_experiment(path: Path) -> bool:
     return (path / layout.CONFIG).is_file() or (path / layout.RECORDS).is_dir()
-
-
-def experiment_of(checkpoint: Path) -> Path | None:
-    """The experiment directory of `<exp>/checkpoints/<step>/<file>.ckpt`, else None."""
-    parents = checkpoint.resolve().parents
-    if len(parents) >= 3 and parents[1].name == layout.CHECKPOINTS and is_experiment(parents[2]):
-        return parents[2]
-    return None
 
 
 def require(cfg: DictConfig, *keys: str) -> None:
@@ -162,8 +154,7 @@ def resolve_model(path: str | None, step: str = layout.FINAL) -> ModelRef:
         return ModelRef(checkpoint, p.resolve(), step)
     if not p.is_file():
         raise CheckpointError(f"checkpoint={path}: no such file or directory")
-    experiment = experiment_of(p)
-    return ModelRef(p.resolve(), experiment, p.resolve().parent.name if experiment else None)
+    return ModelRef(p.resolve())
 
 
 def _override_key(override: str) -> str:
@@ -175,37 +166,20 @@ def dataset_chosen(overrides: Sequence[str]) -> bool:
     return any(_override_key(o) == "dataset" for o in overrides)
 
 
-def dataset_key_overrides(argv: Sequence[str]) -> list[str]:
-    """Without `dataset=NAME`, `dataset.KEY=V` edits the reused experiment config: let Hydra add such keys (`++`)."""
-    if dataset_chosen(argv):
-        return list(argv)
-    return [re.sub(r"^\+{0,2}(dataset\.)", r"++\1", a) if "=" in a else a for a in argv]
-
-
-def experiment_dataset(experiment: Path) -> DictConfig:
-    """An experiment's dataset config, its interpolations (`${seed}`, env) resolved in its own config."""
-    full = OmegaConf.load(experiment / layout.CONFIG)
-    return OmegaConf.create(OmegaConf.to_container(full.dataset, resolve=True))
-
-
-def dataset_config(cfg: DictConfig, overrides: Sequence[str], experiment: Path | None,
-                   required: bool = True, saved: Mapping | None = None) -> DictConfig | None:
-    """The dataset config a command uses: `dataset=NAME` if given, else the experiment's, else the one the
-    checkpoint was trained with (`saved`, its `dataset` hyperparameter), + `dataset.KEY=V`."""
-    node = cfg.get("dataset")
+def dataset_config(cfg: DictConfig, overrides: Sequence[str], saved: Mapping | None,
+                   checkpoint: str | Path | None = None, required: bool = True) -> DictConfig | None:
+    """The dataset config a command uses: `dataset=NAME` if given, else the one the checkpoint was trained on
+    (`saved`: `saved_dataset`), with each `dataset.KEY=VALUE` of the command line applied (typed and checked by
+    the schema's DatasetConfig as it composed). None without either when not `required`."""
     if dataset_chosen(overrides):
-        return node
-    if experiment is not None and (experiment / layout.CONFIG).is_file():
-        dataset = experiment_dataset(experiment)
-    elif saved:
-        dataset = OmegaConf.create(dict(saved))
-    elif required:
-        where = "is not inside an experiment directory" if experiment is None else f"has no {layout.CONFIG}"
-        raise CheckpointError(f"the checkpoint {where} and does not carry its dataset config (mckd before 0.2), "
-                              "so its dataset is unknown: pass dataset=NAME (synthetic, cityscapes, coco, camvid, "
-                              "folder ...)")
-    else:
-        return None
+        return cfg.dataset
+    if not saved:
+        if not required:
+            return None
+        raise CheckpointError(f"checkpoint {checkpoint} does not carry the dataset config it was trained on (an older "
+                              "mckd wrote it), so its dataset is unknown: pass dataset=NAME (synthetic, cityscapes, "
+                              "coco, camvid, folder ...)")
+    dataset = OmegaConf.create(dict(saved))
     for override in overrides:
         key = _override_key(override)
         if key.startswith("dataset.") and not override.startswith("~"):

@@ -136,9 +136,6 @@ def run_command(command, cfg: DictConfig) -> dict:
 
 
 def evaluate() -> None:
-    from mckd.checkpoints import dataset_key_overrides
-
-    sys.argv[1:] = dataset_key_overrides(sys.argv[1:])
     with config_errors_in_one_line():
         evaluate_main()
 
@@ -152,9 +149,6 @@ def evaluate_main(cfg: DictConfig) -> float | None:
 
 
 def predict() -> None:
-    from mckd.checkpoints import dataset_key_overrides
-
-    sys.argv[1:] = dataset_key_overrides(sys.argv[1:])
     with config_errors_in_one_line():
         predict_main()
 

@@ -1,7 +1,8 @@
 """mckd-eval: a checkpoint on a dataset split: mIoU, per-class IoU and accuracy, pixel accuracy; a table and JSON.
 
 The numbers are computed exactly as training validates (same loader, transform, batch size and IoU metric),
-so evaluating a checkpoint with its own experiment's settings reproduces the val mIoU its step recorded.
+so evaluating a checkpoint with the dataset config it carries (its own experiment's) reproduces the val mIoU its
+step recorded, wherever the .ckpt file lies.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def results_table(result: dict) -> str:
 
 
 def default_output(ref: ModelRef, split: str, flip: bool, window) -> Path:
-    """`<exp>/eval/<step>-<split>[-flip][-window].json`, or beside a checkpoint that has no experiment."""
+    """`<exp>/eval/<step>-<split>[-flip][-window].json` for `checkpoint=<exp>`, else beside the .ckpt file."""
     suffix = split + ("-flip" if flip else "") + ("-window" if window else "")
     if ref.experiment is not None:
         return ref.experiment / layout.EVAL / f"{ref.label}-{suffix}.json"
@@ -107,7 +108,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     ref = resolve_model(cfg.checkpoint, cfg.step)
     contents = read_checkpoint(ref.checkpoint)
     module = SegmentationModule.from_checkpoint(str(ref.checkpoint), contents=contents)
-    dataset = dataset_config(cfg, overrides, ref.experiment, saved=saved_dataset(contents))
+    dataset = dataset_config(cfg, overrides, saved_dataset(contents), ref.checkpoint)
     data = SegmentationData.build(dataset)
     require_same_classes(ref.checkpoint, module.hparams.num_classes, dataset.name, data.num_classes)
     samples = data.splits.val if cfg.split == "val" else data.splits.test
@@ -123,7 +124,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     trainer.validate(evaluator, dataloaders=loader, verbose=False)
     result = {
         "checkpoint": str(ref.checkpoint), "experiment": None if ref.experiment is None else str(ref.experiment),
-        "step": ref.step, "dataset": dataset.name, "split": cfg.split, "num_images": len(samples),
+        "step": ref.step or module.hparams.get("name"),  # a .ckpt alone: the step its module was trained as
+        "dataset": dataset.name, "split": cfg.split, "num_images": len(samples),
         "inference": {"flip": flip, "window": window, "stride": stride if window else None},
         **evaluator.metrics(data.class_names),
     }

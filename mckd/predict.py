@@ -20,12 +20,14 @@ from PIL import Image
 
 from mckd.atomic import write_json
 from mckd.checkpoints import (
+    dataset_chosen,
     dataset_config,
     read_checkpoint,
     require,
     require_same_classes,
     resolve_model,
     saved_dataset,
+    saved_palette,
 )
 from mckd.data.folder import IMAGE_SUFFIXES, list_images
 from mckd.data.registry import build_source, source_class
@@ -77,12 +79,15 @@ def dataset_reader(dataset: DictConfig | None) -> SegmentationSource | None:
         return None
 
 
-def dataset_palette(dataset: DictConfig | None, num_classes: int) -> np.ndarray:
-    """The dataset's colours; without its files on this machine, its configured or built-in palette."""
-    if dataset is None:
-        return default_palette(num_classes)
+def dataset_palette(dataset: DictConfig | None, num_classes: int, saved: Sequence | None = None) -> np.ndarray:
+    """The dataset's colours; without its files on this machine, those the checkpoint `saved`, else its configured
+    or built-in palette."""
     if (reader := dataset_reader(dataset)) is not None:
         return reader.palette
+    if saved is not None:
+        return np.asarray(saved, dtype=np.uint8)
+    if dataset is None:
+        return default_palette(num_classes)
     params = dataset.get("params") or {}
     if params.get("palette"):
         return np.asarray(OmegaConf.to_container(params.palette), dtype=np.uint8)
@@ -101,11 +106,11 @@ def predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
     out = Path(cfg.output).expanduser()
     contents = read_checkpoint(ref.checkpoint)
     module = SegmentationModule.from_checkpoint(str(ref.checkpoint), contents=contents)
-    dataset = dataset_config(cfg, overrides, ref.experiment, required=False, saved=saved_dataset(contents))
+    dataset = dataset_config(cfg, overrides, saved_dataset(contents), ref.checkpoint, required=False)
     num_classes = module.hparams.num_classes
     if (reader := dataset_reader(dataset)) is not None:  # its classes are known
         require_same_classes(ref.checkpoint, num_classes, dataset.name, reader.num_classes)
-    palette = dataset_palette(dataset, num_classes)
+    palette = dataset_palette(dataset, num_classes, None if dataset_chosen(overrides) else saved_palette(contents))
     eval_size = None if dataset is None or dataset.get("eval_size") is None else tuple(dataset.eval_size)
     predictor = Predictor(module, eval_transform(eval_size), flip=cfg.flip,
                           window=None if cfg.window is None else list(cfg.window),
@@ -129,7 +134,8 @@ def predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
         save_png(files["overlay"], overlay(image, label, palette, cfg.alpha))
         written.append({"input": str(path), "size": list(image.shape[:2]),
                         **{kind: str(p.relative_to(out)) for kind, p in files.items()}})
-    summary = {"checkpoint": str(ref.checkpoint), "step": ref.step, "classes": list(module.class_names),
+    summary = {"checkpoint": str(ref.checkpoint), "step": ref.step or module.hparams.get("name"),
+               "classes": list(module.class_names),
                "palette": np.asarray(palette).tolist(),
                "inference": {"flip": predictor.flip, "window": predictor.window, "stride": predictor.stride},
                "images": written, "failed": failed}

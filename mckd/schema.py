@@ -9,8 +9,9 @@ mckd/pipeline/validate.py with the rules that tie keys together.
 
 Each key is documented by the comment beside or above it; `mckd-train --cfg job` prints the composed config.
 Open (any key): trainer, logger, launcher, dataset.params and a model's kwargs, which are passed on as keyword
-arguments (to Lightning's Trainer, W&B, the launcher, the dataset's reader, smp.create_model), and mckd-eval's
-and mckd-predict's dataset (an experiment's stored dataset config, edited).
+arguments (to Lightning's Trainer, W&B, the launcher, the dataset's reader, smp.create_model). mckd-eval's and
+mckd-predict's dataset is a DatasetConfig too: `dataset=NAME` composes onto it, and without it the keys given as
+`dataset.KEY=VALUE` are applied over the dataset config the checkpoint carries (mckd/checkpoints.py).
 """
 
 import copy
@@ -365,9 +366,9 @@ class EvalConfig:
     stride: list[int] | None = None  # [h, w] window stride; null: as in training, else the window (no overlap)
     output: str | None = None  # the JSON file; null: the experiment's eval folder, or beside the checkpoint
     seed: int = 0  # what dataset configs' split seed (${seed}) resolves to; val and test do not depend on it
-    # {}: the experiment's (or the checkpoint's) dataset config, with the dataset.KEY=VALUE given; dataset=NAME:
-    # conf/dataset/NAME.yaml. Open (any key), as that stored config is
-    dataset: dict[str, Any] = setting({})
+    # the dataset config the checkpoint carries, with the dataset.KEY=VALUE given (+dataset.params.KEY=VALUE for
+    # the reader's arguments); dataset=NAME: conf/dataset/NAME.yaml instead
+    dataset: DatasetConfig = node(DatasetConfig)
     trainer: dict[str, Any] = setting({})  # config group trainer (trainer=gpu to evaluate on a GPU)
 
 
@@ -386,7 +387,9 @@ class PredictConfig:
     window: list[int] | None = None  # [h, w] sliding-window inference (large images); null: as in training
     stride: list[int] | None = None  # [h, w] window stride; null: as in training
     seed: int = 0  # what dataset configs' split seed (${seed}) resolves to; predictions do not depend on it
-    dataset: dict[str, Any] = setting({})  # {}: the experiment's (palette, eval_size), as in mckd-eval
+    # the dataset config the checkpoint carries (palette, eval_size), with the dataset.KEY=VALUE given, as in
+    # mckd-eval; dataset=NAME: conf/dataset/NAME.yaml instead
+    dataset: DatasetConfig = node(DatasetConfig)
 
 
 SCHEMAS = {"train_schema": TrainConfig, "eval_schema": EvalConfig, "predict_schema": PredictConfig}

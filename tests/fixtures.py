@@ -1,4 +1,5 @@
-"""Small datasets generated on disk in each supported layout, and the shared-data skip marker.
+"""Small datasets generated on disk in each supported layout, the shared-data skip marker, and the dataset config of
+an experiment that mckd-train made.
 
 Import from tests as `from fixtures import make_cityscapes, ...` (pytest puts tests/ on sys.path).
 """
@@ -14,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from mckd import layout
 from mckd.data.coco import CLASS_NAMES as COCO_NAMES
 from mckd.data.coco import COCO_IDS, class_index
 
@@ -201,3 +203,9 @@ def link_shared_coco(tmp_root: str | Path) -> Path:
     for name in ("train2017", "annotations"):
         (tmp_root / name).symlink_to(SHARED / "data" / "coco-tiny" / name, target_is_directory=True)
     return tmp_root
+
+
+def experiment_dataset(experiment: Path) -> DictConfig:
+    """An experiment's dataset config as mckd-train composed it (`.hydra/config.yaml`), its `${seed}` resolved."""
+    full = OmegaConf.load(Path(experiment) / layout.CONFIG)
+    return OmegaConf.create(OmegaConf.to_container(full.dataset, resolve=True))

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from fixtures import experiment_dataset
 from PIL import Image
 
-from mckd.checkpoints import experiment_dataset
 from mckd.data.source import default_palette
 from mckd.data.synthetic import CLASS_NAMES
 from mckd.visualize import colorize, overlay

@@ -48,6 +48,10 @@ def options(group: str) -> list[str]:
     ("train", "student.checkpoint=x.ckpt", ("full_key: student.checkpoint",)),  # the teacher's deprecated key only
     ("eval", "split=tst", ("split=tst", "expected one of [val, test]", "full_key: split")),
     ("eval", "flip=sometimes", ("flip=sometimes", "full_key: flip")),
+    # the checkpoint's dataset config is edited with the keys DatasetConfig declares, typed; the reader's open
+    # params take a +, as Hydra says
+    ("eval", "dataset.eval_batch_size=many", ("full_key: dataset.eval_batch_size",)),
+    ("predict", "dataset.params.root=/data", ("To append to your config use +dataset.params.root=/data",)),
     ("predict", "alpha=half", ("alpha=half", "could not be converted to Float", "full_key: alpha")),
     ("predict", "strict=maybe", ("strict=maybe", "full_key: strict")),
 ])

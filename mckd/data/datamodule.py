@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torchvision.transforms import v2
 
 from mckd.data.datasets import (
     EvalDataset,
@@ -67,7 +68,7 @@ class SegmentationData:
     def eval_batch_size(self) -> int:
         return self.cfg.get("eval_batch_size") or self.cfg["batch_size"]
 
-    def train_transform(self, strong: Mapping | None = None):
+    def train_transform(self, strong: Mapping | None = None) -> v2.Compose:
         """The training transform: the dataset's own, or with `strong` (student noise on pseudo-labeled images)
         overriding its scale range and adding photometric noise and CutOut."""
         cfg, strong = self.cfg, dict(strong or {})
@@ -81,7 +82,7 @@ class SegmentationData:
             color_jitter=float(strong.get("color_jitter") or cfg.get("color_jitter", 0.0)), **noise,
         )
 
-    def eval_transform(self):
+    def eval_transform(self) -> v2.Compose:
         return eval_transform(_size(self.cfg.get("eval_size")))
 
 
