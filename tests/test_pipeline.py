@@ -332,6 +332,7 @@ def test_ddp_cpu_labels_equal_single_process(tmp_path):
         assert (la == lb).mean() > 0.999, sample_id  # equal up to float reduction order at exact ties
 
 
+@pytest.mark.slow  # 35 s; make test-all runs it
 def test_multirun_sweep_summary(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli(tmp_path, "-m", "num_stages=1,2", "debug=smoke", f"hydra.sweep.dir={sweep}")
