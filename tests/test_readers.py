@@ -271,6 +271,22 @@ def test_unknown_model_arch_raises_model_config_error():
         build_model({"arch": "NoSuchNet", "encoder": "mobilenet_v2", "encoder_weights": None}, 5)
 
 
+@pytest.mark.parametrize("arch", ["Unet", "deeplabv3_mobilenet_v3_large"])
+def test_networks_run_channels_last_and_return_contiguous_nchw_logits(arch):
+    model = build_model({"arch": arch, "encoder": "mobilenet_v2", "encoder_weights": None}, 5).eval()
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    x = torch.randn(2, 3, 40, 52)
+    with torch.no_grad():
+        out = model(x)
+        reference = model.net.to(memory_format=torch.contiguous_format)
+        m = model.pad_multiple
+        expected = reference(torch.nn.functional.pad(x, (0, -52 % m, 0, -40 % m)))
+        expected = (expected["out"] if isinstance(expected, dict) else expected)[..., :40, :52]
+    assert out.shape == (2, 5, 40, 52) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
+
+
 def test_folder_image_without_mask_is_unlabeled_and_none_with_a_mask_names_the_cause(tmp_path):
     root = make_camvid(tmp_path, n_train=2, n_val=1)
     (root / "trainannot" / "0001TP_train_0001.png").unlink()
