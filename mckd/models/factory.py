@@ -47,8 +47,8 @@ class SegmentationNet(nn.Module):
 
     def __init__(self, net: nn.Module, pad_multiple: int = 32, returns_dict: bool = False):
         super().__init__()
-        self.net, self.pad_multiple, self.returns_dict = net.to(memory_format=torch.channels_last), pad_multiple, \
-            returns_dict
+        self.net = net.to(memory_format=torch.channels_last)
+        self.pad_multiple, self.returns_dict = pad_multiple, returns_dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
