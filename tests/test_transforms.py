@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -129,3 +131,14 @@ def test_scale_range_is_relative_to_base_size_given_as_height_width(scale, step)
     transform = train_transform(crop_size=crop, base_size=SIZE, scale_range=(scale, scale), hflip=False)
     _, out_mask = transform(*as_tv(image, mask))
     assert torch.equal(out_mask, torch.from_numpy(mask[::step, ::step]).long())
+
+
+def test_read_only_arrays_as_pil_decodes_them_become_tensors_without_a_warning():
+    image, mask = block_scene()
+    image.flags.writeable = False
+    mask.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img, target = as_tv(image, mask)
+    assert torch.equal(img.permute(1, 2, 0), torch.from_numpy(np.array(image)))
+    assert target.dtype == torch.long and torch.equal(target, torch.from_numpy(np.array(mask)).long())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -73,7 +74,8 @@ def eval_transform(size: tuple[int, int] | None = None) -> v2.Compose:
 
 def as_tv(image, mask=None):
     """numpy HxWx3 image and HxW mask as tv_tensors (CxHxW Image, HxW Mask)."""
-    img = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+    # copies: arrays decoded by PIL are read-only, which torch.from_numpy warns about
+    img = tv_tensors.Image(torch.from_numpy(image.transpose(2, 0, 1).copy()))
     if mask is None:
         return img, None
-    return img, tv_tensors.Mask(torch.from_numpy(mask).long())
+    return img, tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))
