@@ -21,6 +21,8 @@ from mckd.pipeline.validate import ConfigError, check_values
 
 STRONG = ("student_aug.color_jitter=0.5", "student_aug.color_jitter_prob=1.0", "student_aug.grayscale_prob=1.0",
           "student_aug.blur_prob=1.0", "student_aug.cutout_prob=1.0")
+NO_NOISE = ("student_aug.color_jitter=0", "student_aug.grayscale_prob=0", "student_aug.blur_prob=0",
+            "student_aug.cutout_prob=0")
 
 
 class FakeLabels:
@@ -46,7 +48,7 @@ def student_items(*overrides: str) -> tuple[list[dict], list[dict]]:
 
 
 def test_strong_noise_reaches_pseudo_labeled_images_and_never_ground_truth():
-    plain_pseudo, plain_labeled = student_items()
+    plain_pseudo, plain_labeled = student_items(*NO_NOISE)
     noisy_pseudo, noisy_labeled = student_items(*STRONG)
     for plain, noisy in zip(plain_labeled, noisy_labeled):  # ground truth: untouched
         assert torch.equal(plain["image"], noisy["image"]) and torch.equal(plain["mask"], noisy["mask"])
