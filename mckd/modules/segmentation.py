@@ -72,8 +72,6 @@ class SegmentationModule(L.LightningModule):
         self.criterion = SegmentationLoss.from_config(loss)
         self.inference = dict(inference or {})
         self.val_iou, self.test_iou = iou_metric(num_classes), iou_metric(num_classes)
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu",
