@@ -72,6 +72,13 @@ def copy_steps(src: Path, dst: Path, steps: list[str], label_stages: list[int]) 
         (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
 
 
+def copy_teacher_labels(teacher_row: Path, dst: Path) -> None:
+    """Give a KD run its seed's stage-0 labels: the teacher row labeled the unlabeled split already with the same
+    checkpoint and settings, so labeling again would repeat the computation (a minute per seed on an H100)."""
+    if layout.record_path(teacher_row, layout.label_step(0)).is_file():
+        copy_steps(teacher_row, dst, [layout.label_step(0)], [0])
+
+
 def copy_first_stage(src: Path, dst: Path) -> None:
     """Give K=3 the K=2 run's teacher step and first pair stage, which are the same computation (same seed)."""
     members = layout.student_names(1, 2)  # the presets' num_partitions
@@ -100,14 +107,21 @@ def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> d
     def job(preset: str, *args: str, tag: str = "", exp: Path | None = None) -> Callable[[], Path]:
         return lambda: run_job(out, preset, seed, [*extra, *args], tag, exp)
 
-    teacher = f"teacher_checkpoint={layout.best_checkpoint(out / f'seed{seed}' / 'camvid_teacher', layout.TEACHER)}"
+    teacher_row = out / f"seed{seed}" / "camvid_teacher"
+    teacher = f"teacher_checkpoint={layout.best_checkpoint(teacher_row, layout.TEACHER)}"
     k2, k3 = out / f"seed{seed}" / "camvid_mckd", out / f"seed{seed}" / "camvid_mckd_k3"
+    vanilla = out / f"seed{seed}" / "camvid_vanilla_kd"
+
+    def after_teacher_labels(dst: Path, run: Callable[[], Path]) -> Callable[[], Path]:
+        return lambda: (copy_teacher_labels(teacher_row, dst), run())[1]
+
     members = layout.student_names(1, 2)  # the presets' num_partitions
     # the longest chain first (teacher -> K=2 pair -> K=3 pair -> K=3 final); jobs off it fill the gaps
     jobs: dict[str, tuple[list[str], Callable]] = {
         "teacher": ([], job("camvid_teacher")),
         "supervised": ([], job("camvid_supervised")),
-        "k2-labels0": (["teacher"], job("camvid_mckd", teacher, "stage=teacher", tag="-labels0")),
+        "k2-labels0": (["teacher"], after_teacher_labels(k2, job("camvid_mckd", teacher, "stage=teacher",
+                                                                 tag="-labels0"))),
         "k2-a": (["k2-labels0"], job("camvid_mckd", teacher, "stage=pairs", "member=a", tag="-a")),
         "k2-b": (["k2-labels0"], job("camvid_mckd", teacher, "stage=pairs", "member=b", tag="-b")),
         "k2-labels1": (["k2-a", "k2-b"], job("camvid_mckd", teacher, "stage=pairs", tag="-labels1")),
@@ -117,7 +131,7 @@ def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> d
         "k3-final": (["k3-a", "k3-b"], job("camvid_mckd_k3", teacher)),
         # after the copy, so that the K=3 members, listed first, take the free slots before it
         "k2-final": (["k3-copy"], job("camvid_mckd", teacher)),
-        "vanilla": (["teacher"], job("camvid_vanilla_kd", teacher)),
+        "vanilla": (["teacher"], after_teacher_labels(vanilla, job("camvid_vanilla_kd", teacher))),
     }
     for name, (overrides, relabel_only) in PROBES.items() if probes else ():
         d = probe_dir(out, seed, name)

@@ -60,6 +60,32 @@ def test_k3_members_start_before_k2_final(tmp_path: Path, monkeypatch: pytest.Mo
     assert started.index("camvid_mckd_k3-b") < started.index("camvid_mckd")  # camvid_mckd: K=2's final student
 
 
+def test_kd_runs_take_the_teacher_rows_stage0_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teacher row labels the unlabeled split with the checkpoint the KD rows load: they copy its labels."""
+    from mckd import layout
+
+    row = tmp_path / "seed0" / "camvid_teacher"
+    record = layout.record_path(row, layout.label_step(0))
+    record.parent.mkdir(parents=True)
+    record.write_text('{"name": "label-stage0"}')
+    labels = layout.label_stage_dir(layout.pseudo_label_dir(row), 0)
+    labels.mkdir(parents=True)
+    (labels / "manifest.json").write_text("{}")
+    seen: dict[str, bool] = {}
+
+    def fake_run(out: Path, preset: str, seed: int, extra: list[str], tag: str = "", exp: Path | None = None) -> Path:
+        exp = out / f"seed{seed}" / preset
+        seen[preset] = (layout.record_path(exp, layout.label_step(0)).is_file()
+                        and (layout.label_stage_dir(layout.pseudo_label_dir(exp), 0) / "manifest.json").is_file())
+        return exp
+
+    monkeypatch.setattr(camvid_quality, "run_job", fake_run)
+    jobs = camvid_quality.seed_jobs(tmp_path, 0, [])
+    for name in ("seed0/k2-labels0", "seed0/vanilla"):
+        jobs[name][1]()
+    assert seen == {"camvid_mckd": True, "camvid_vanilla_kd": True}
+
+
 def test_a_failed_job_skips_its_dependents_and_the_rest_go_on() -> None:
     ran: list[str] = []
 
@@ -126,6 +152,8 @@ def test_whole_table_on_generated_camvid(tmp_path: Path) -> None:
     k3 = json.loads((seed / "camvid_mckd_k3" / "results.json").read_text())
     k2 = json.loads((seed / "camvid_mckd" / "results.json").read_text())
     assert [s["pseudo_label_miou"] for s in k3["stages"]][0] == k2["stages"][0]["pseudo_label_miou"]
+    for kd_row in ("camvid_mckd-labels0", "camvid_vanilla_kd"):  # the teacher row's stage-0 labels, not new ones
+        assert "label-stage0: done already" in (seed / f"{kd_row}.log").read_text(), kd_row
     assert len(k3["stages"]) == 2 and k3["final"]["val_miou"] is not None
     table = docs.read_text()
     assert camvid_quality.BEGIN in table and "| MCKD K=3 |" in table and "RESULT " in proc.stdout
