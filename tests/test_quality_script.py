@@ -12,6 +12,8 @@ import pytest
 from conftest import cli_env
 from fixtures import make_camvid
 
+from mckd import layout
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import camvid_quality  # noqa: E402
@@ -62,8 +64,6 @@ def test_k3_members_start_before_k2_final(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_kd_runs_take_the_teacher_rows_stage0_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The teacher row labels the unlabeled split with the checkpoint the KD rows load: they copy its labels."""
-    from mckd import layout
-
     row = tmp_path / "seed0" / "camvid_teacher"
     record = layout.record_path(row, layout.label_step(0))
     record.parent.mkdir(parents=True)
