@@ -150,6 +150,11 @@ def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> d
     return {f"seed{seed}/{name}": ([f"seed{seed}/{d}" for d in deps], run) for name, (deps, run) in jobs.items()}
 
 
+def wanted_jobs(seed: int, rows: list[str], probes: list[str]) -> list[str]:
+    """The jobs that finish the chosen rows and ablation probes of one seed."""
+    return [f"seed{seed}/{ROW_JOBS[row]}" for row in rows] + [f"seed{seed}/{name}" for name in probes]
+
+
 def needed_by(jobs: dict[str, tuple[list[str], Callable[[], object]]], wanted: list[str]) -> dict:
     """The jobs in `wanted` and everything they depend on, in their original order."""
     keep, todo = set(), list(wanted)
@@ -330,6 +335,8 @@ def main() -> None:
                         help="run only these rows (and what they need); the table shows every finished row")
     parser.add_argument("--probe-seeds", type=int, nargs="*", default=[],
                         help="also run the ablation probes (PROBES) for these seeds, after the table's jobs")
+    parser.add_argument("--probes", nargs="+", choices=list(PROBES), default=list(PROBES), metavar="NAME",
+                        help="only these probes (PROBES' names, quoted), e.g. 'no CutMix'; default: all")
     parser.add_argument("overrides", nargs="*", help="extra mckd-train overrides for every job")
     args = parser.parse_args()
     extra = [f"trainer={args.trainer}", *args.overrides]
@@ -338,8 +345,7 @@ def main() -> None:
         graphs = []
         for seed in args.seeds:
             seed_graph = seed_jobs(args.out, seed, extra, probes=seed in args.probe_seeds)
-            wanted = [f"seed{seed}/{ROW_JOBS[row]}" for row in args.rows]
-            wanted += [f"seed{seed}/{name}" for name in PROBES if seed in args.probe_seeds]
+            wanted = wanted_jobs(seed, args.rows, args.probes if seed in args.probe_seeds else [])
             graphs.append(list(needed_by(seed_graph, wanted).items()))
         # the same job of every seed before the next job: each seed's longest chain moves at the same pace
         order = sorted((i, k) for k, graph in enumerate(graphs) for i in range(len(graph)))

@@ -108,6 +108,16 @@ def test_probes_reuse_the_recipe_teacher_and_students(tmp_path: Path) -> None:
         assert ("seed0/k2-a" in probe) == relabel_only
 
 
+def test_one_probe_alone_needs_the_teacher_and_no_other_probe(tmp_path: Path) -> None:
+    name = "random partitions (no partition_group)"
+    jobs = camvid_quality.seed_jobs(tmp_path, 0, [], probes=True)
+    needed = camvid_quality.needed_by(jobs, camvid_quality.wanted_jobs(0, ["camvid_teacher"], [name]))
+    others = [probe for probe in camvid_quality.PROBES if probe != name]
+    assert {"seed0/teacher", "seed0/k2-labels0", f"seed0/{name}/a", f"seed0/{name}"} <= set(needed)
+    assert not any(job.startswith(f"seed0/{probe}") for job in needed for probe in others)
+    assert "seed0/k2-a" not in needed and "seed0/supervised" not in needed
+
+
 def test_a_finished_command_is_not_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
 
