@@ -92,7 +92,8 @@ PROBES = {  # in the order they run (after the table's jobs): the most telling f
                          "student_aug.cutout_prob=0", "student_aug.cutmix_prob=0"], False),
     "students as long as the teacher": (["train.student_ratio=1"], False),
     "no label blending (previous_weight=0)": (["pseudo.previous_weight=0"], True),
-    "random partitions (no partition_group)": (["partition_group=null"], False),
+    "heavier label blending (previous_weight=0.5)": (["pseudo.previous_weight=0.5"], True),  # the earlier recipe
+    "partitions by video (partition_group)": (["partition_group='^([^_]+)_'"], False),  # the earlier recipe
     "plus EMA weights (train.ema_decay=0.995)": (["train.ema_decay=0.995"], False),  # an addition, not in the recipe
     "no CutMix": (["student_aug.cutmix_prob=0"], False),
 }

@@ -109,7 +109,7 @@ def test_probes_reuse_the_recipe_teacher_and_students(tmp_path: Path) -> None:
 
 
 def test_one_probe_alone_needs_the_teacher_and_no_other_probe(tmp_path: Path) -> None:
-    name = "random partitions (no partition_group)"
+    name = "partitions by video (partition_group)"
     jobs = camvid_quality.seed_jobs(tmp_path, 0, [], probes=True)
     needed = camvid_quality.needed_by(jobs, camvid_quality.wanted_jobs(0, ["camvid_teacher"], [name]))
     others = [probe for probe in camvid_quality.PROBES if probe != name]
