@@ -2,6 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest workers: two, one per core of the 2-core CI machine (TEST_WORKERS=0 runs the suite in one process); which
+# files share a worker: tests/conftest.py
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS)
 
 .PHONY: install train test test-all lint clean
 
@@ -20,10 +24,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-all: lint
-	WANDB_MODE=offline $(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PY) -m pytest -m "slow or not slow" $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info outputs multirun

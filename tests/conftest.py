@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mckd.cli sets it; must precede importing torch
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each, and the
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # mckd-train processes the tests start inherit it
 
 import subprocess
 import sys
@@ -14,6 +16,13 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+# `make test` runs two pytest-xdist workers. Each test file runs whole in one worker (its module fixtures are made
+# once), and the files of one group here share a worker too
+SAME_WORKER = {
+    **dict.fromkeys(["test_evaluate.py", "test_notebook.py", "test_pictures.py", "test_predict.py", "test_wandb.py"],
+                    "smoke experiment"),  # they read the session's smoke experiment: made once
+    **dict.fromkeys(["test_packaging.py", "test_version.py"], "checkout"),  # a wheel build writes mckd.egg-info there
+}
 
 
 def cli_env(root: Path) -> dict[str, str]:
@@ -54,3 +63,18 @@ def smoke_experiment(tmp_path_factory, mckd_cli) -> Path:
     (exp / "steps" / "teacher.json").unlink()
     mckd_cli("mckd-train", *args, "stage=all")
     return exp
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Whole files (SAME_WORKER's groups) to one worker: xdist's `--dist loadfile`, with the groups above. (Not
+    `--dist loadgroup`: with pytest 9.2 its `xdist_group` marks do not reach the scheduler, xdist 3.8.)"""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndGroups(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return SAME_WORKER.get(Path(file).name, file)
+
+    return FilesAndGroups(config, log)
+
