@@ -77,4 +77,3 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             return SAME_WORKER.get(Path(file).name, file)
 
     return FilesAndGroups(config, log)
-
