@@ -1,10 +1,12 @@
 """The CamVid quality table: does MCKD help on real data? (issue 5; writes docs/benchmarks.md's table)
 
 Rows: supervised (student architecture, labeled only), teacher (labeled only), vanilla KD (one student on the
-teacher's labels), MCKD K=2 and MCKD K=3. The KD rows of a seed share that seed's teacher (teacher_checkpoint),
-so they differ only in what happens after it; K=3 starts from a copy of K=2's first pair stage (the same
-computation). Jobs run as soon as what they need has finished, `--parallel` at a time; the members of a pair
-stage are separate processes. Re-running with the same --out resumes: finished steps are skipped.
+teacher's labels), MCKD K=2, MCKD K=3, and a ceiling: K=2's final student trained on the unlabeled frames' ground
+truth in place of its stage-1 labels (what a perfect labeler would give it). The KD rows of a seed share that
+seed's teacher (teacher_checkpoint), so they differ only in what happens after it; K=3 and the ceiling start from
+a copy of K=2's first pair stage (the same computation). Jobs run as soon as what they need has finished,
+`--parallel` at a time; the members of a pair stage are separate processes. Re-running with the same --out
+resumes: finished steps are skipped.
 
     OMP_NUM_THREADS=1 python scripts/camvid_quality.py --seeds 0 --trainer cpu --parallel 2 dataset.num_workers=1
     python scripts/camvid_quality.py --seeds 0 1 2 --trainer gpu --parallel 6     # minutes on one GPU
@@ -13,6 +15,7 @@ stage are separate processes. Re-running with the same --out resumes: finished s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -29,11 +32,13 @@ from pathlib import Path
 from mckd import layout
 
 ROOT = Path(__file__).resolve().parents[1]
+CEILING = "camvid_mckd_ground_truth"  # the ceiling row's directory: K=2 with ground truth as its stage-1 labels
 ROWS = [("supervised", "camvid_supervised"), ("teacher", "camvid_teacher"), ("vanilla KD", "camvid_vanilla_kd"),
-        ("MCKD K=2", "camvid_mckd"), ("MCKD K=3", "camvid_mckd_k3")]
+        ("MCKD K=2", "camvid_mckd"), ("MCKD K=3", "camvid_mckd_k3"),
+        ("K=2 on ground-truth labels (ceiling)", CEILING)]
 # the job that finishes each row (see seed_jobs); a row needs it and everything it depends on
 ROW_JOBS = {"camvid_supervised": "supervised", "camvid_teacher": "teacher", "camvid_vanilla_kd": "vanilla",
-            "camvid_mckd": "k2-final", "camvid_mckd_k3": "k3-final"}
+            "camvid_mckd": "k2-final", "camvid_mckd_k3": "k3-final", CEILING: "ceiling"}
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
 
 
@@ -85,6 +90,48 @@ def copy_first_stage(src: Path, dst: Path) -> None:
     copy_steps(src, dst, [layout.TEACHER, layout.label_step(0), layout.label_step(1), *members], [0, 1])
 
 
+def write_ground_truth_labels(exp: Path, config: Path, stage: int) -> None:
+    """Replace a finished label stage's labels by the frames' own masks (confidence 1), and its record's mIoU by
+    theirs: the labels a perfect labeler would give the next students. `config`: the run's saved Hydra config."""
+    import numpy as np  # here, not at the top: the scheduler and the table need neither torch nor the readers
+    from omegaconf import OmegaConf
+
+    from mckd.atomic import read_json, write_json
+    from mckd.data.datamodule import SegmentationData
+    from mckd.modules.segmentation import mean_iou
+    from mckd.pipeline.labeling import pseudo_label_iou
+    from mckd.pipeline.store import PseudoLabelStore
+    from mckd.records import LabelRecord
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the config's relative paths (the dataset root) are relative to where mckd-train ran
+    try:
+        data = SegmentationData.build(OmegaConf.load(config).dataset)
+        store = PseudoLabelStore(layout.pseudo_label_dir(exp), data.num_classes)
+        ids = {i for part in store.reader(stage).manifest["partitions"] for i in part["ids"]}
+        samples = [s for s in data.splits.unlabeled if s.id in ids]
+        if len(samples) != len(ids) or any(s.mask is None for s in samples):
+            raise SystemExit(f"{exp}: the ceiling needs the ground truth of all {len(ids)} frames of stage {stage}")
+        for sample in samples:
+            truth = data.source.read_mask(sample)
+            store.write_sample(stage, sample.id, truth, np.ones(truth.shape, np.float32))
+        per_class = pseudo_label_iou(data.source, samples, store.reader(stage))
+    finally:
+        os.chdir(cwd)
+    record = layout.record_path(exp, layout.label_step(stage))
+    scored = dataclasses.replace(LabelRecord.from_json(read_json(record)), pseudo_label_miou=float(mean_iou(per_class)),
+                                 pseudo_label_per_class_iou=dict(zip(data.class_names, per_class.tolist())))
+    write_json(record, scored.to_json())
+
+
+def label_with_ground_truth(k2: Path, dst: Path) -> None:
+    """The ceiling row's start: K=2's teacher and first pair stage, its stage-1 labels replaced by ground truth."""
+    if (dst / layout.RESULTS).is_file():
+        return
+    copy_first_stage(k2, dst)
+    write_ground_truth_labels(dst, k2 / ".hydra" / "config.yaml", 1)
+
+
 # the ablation: each knob of the recipe off, one pair stage on the recipe's teacher and stage-0 labels (a probe);
 # name -> (overrides, whether the probe only relabels with the recipe's students)
 PROBES = {  # in the order they run (after the table's jobs): the most telling first
@@ -111,6 +158,7 @@ def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> d
     teacher_row = out / f"seed{seed}" / "camvid_teacher"
     teacher = f"teacher_checkpoint={layout.best_checkpoint(teacher_row, layout.TEACHER)}"
     k2, k3 = out / f"seed{seed}" / "camvid_mckd", out / f"seed{seed}" / "camvid_mckd_k3"
+    ceiling = out / f"seed{seed}" / CEILING
     vanilla = out / f"seed{seed}" / "camvid_vanilla_kd"
 
     def after_teacher_labels(dst: Path, run: Callable[[], Path]) -> Callable[[], Path]:
@@ -133,6 +181,8 @@ def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> d
         # after the copy, so that the K=3 members, listed first, take the free slots before it
         "k2-final": (["k3-copy"], job("camvid_mckd", teacher)),
         "vanilla": (["teacher"], after_teacher_labels(vanilla, job("camvid_vanilla_kd", teacher))),
+        "ceiling-labels": (["k2-labels1"], lambda: label_with_ground_truth(k2, ceiling)),
+        "ceiling": (["ceiling-labels"], job("camvid_mckd", teacher, exp=ceiling)),
     }
     for name, (overrides, relabel_only) in PROBES.items() if probes else ():
         d = probe_dir(out, seed, name)
@@ -250,7 +300,9 @@ PAIRS = [("MCKD K=3 - best of supervised, teacher, vanilla KD", "camvid_mckd_k3"
           ("camvid_supervised", "camvid_teacher", "camvid_vanilla_kd")),
          ("MCKD K=3 - MCKD K=2", "camvid_mckd_k3", ("camvid_mckd",)),
          ("MCKD K=2 - vanilla KD", "camvid_mckd", ("camvid_vanilla_kd",)),
-         ("vanilla KD - teacher", "camvid_vanilla_kd", ("camvid_teacher",))]
+         ("vanilla KD - teacher", "camvid_vanilla_kd", ("camvid_teacher",)),
+         ("ceiling (K=2 on ground truth) - MCKD K=2", CEILING, ("camvid_mckd",)),
+         ("ceiling (K=2 on ground truth) - vanilla KD", CEILING, ("camvid_vanilla_kd",))]
 
 
 def paired_table(figures: dict[str, dict[int, dict]]) -> str:

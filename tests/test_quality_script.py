@@ -8,17 +8,24 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import cli_env
-from fixtures import make_camvid
+from fixtures import dataset_config, make_camvid
+from omegaconf import OmegaConf
 
 from mckd import layout
+from mckd.atomic import read_json, write_json
+from mckd.data.datamodule import SegmentationData
+from mckd.pipeline.store import PseudoLabelStore
+from mckd.records import LabelRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import camvid_quality  # noqa: E402
 
-ROW_DIRS = ("camvid_supervised", "camvid_teacher", "camvid_vanilla_kd", "camvid_mckd", "camvid_mckd_k3")
+ROW_DIRS = ("camvid_supervised", "camvid_teacher", "camvid_vanilla_kd", "camvid_mckd", "camvid_mckd_k3",
+            camvid_quality.CEILING)
 
 
 def test_jobs_start_only_after_what_they_need() -> None:
@@ -58,6 +65,7 @@ def test_k3_members_start_before_k2_final(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(camvid_quality, "run_job", fake_run)
     monkeypatch.setattr(camvid_quality, "copy_first_stage", lambda src, dst: None)
+    monkeypatch.setattr(camvid_quality, "label_with_ground_truth", lambda k2, dst: None)
     camvid_quality.run_graph(camvid_quality.seed_jobs(tmp_path, 0, []), parallel=2)
     assert started.index("camvid_mckd_k3-b") < started.index("camvid_mckd")  # camvid_mckd: K=2's final student
 
@@ -84,6 +92,40 @@ def test_kd_runs_take_the_teacher_rows_stage0_labels(tmp_path: Path, monkeypatch
     for name in ("seed0/k2-labels0", "seed0/vanilla"):
         jobs[name][1]()
     assert seen == {"camvid_mckd": True, "camvid_vanilla_kd": True}
+
+
+def test_the_ceiling_trains_k2s_final_on_ground_truth(tmp_path: Path) -> None:
+    jobs = camvid_quality.seed_jobs(tmp_path, 0, [])
+    ceiling = camvid_quality.needed_by(jobs, camvid_quality.wanted_jobs(0, [camvid_quality.CEILING], []))
+    assert {"seed0/k2-labels1", "seed0/ceiling-labels", "seed0/ceiling"} <= set(ceiling)
+    assert "seed0/k2-final" not in ceiling and "seed0/k3-a" not in ceiling
+
+
+def test_ground_truth_replaces_a_label_stage_and_its_score(tmp_path: Path) -> None:
+    """The ceiling's stage-1 labels are the unlabeled frames' own masks, confidence 1, and its record scores them."""
+    dataset = dataset_config("camvid", make_camvid(tmp_path / "camvid", n_train=8, n_val=1))
+    config = tmp_path / "config.yaml"
+    OmegaConf.save({"dataset": dataset}, config)
+    data = SegmentationData.build(dataset)
+    unlabeled, exp = data.splits.unlabeled, tmp_path / "exp"
+    store = PseudoLabelStore(layout.pseudo_label_dir(exp), data.num_classes)
+    for sample in unlabeled:  # a labeler that says "sky" everywhere, half sure
+        shape = data.source.read_mask(sample).shape
+        store.write_sample(1, sample.id, np.zeros(shape, np.uint8), np.full(shape, 0.5, np.float32))
+    store.write_manifest(1, {"partitions": [{"index": 0, "ids": [s.id for s in unlabeled]}]})
+    record = layout.record_path(exp, layout.label_step(1))
+    write_json(record, LabelRecord(layout.label_step(1), 1, 0.1, None, 12.5).to_json())
+
+    camvid_quality.write_ground_truth_labels(exp, config, 1)
+
+    assert len(unlabeled) == 7
+    for sample in unlabeled:
+        stored = store.reader(1).read(sample.id)
+        assert np.array_equal(stored["label"], data.source.read_mask(sample))
+        assert (stored["confidence"] == 255).all()
+    scored = read_json(record)
+    assert scored["pseudo_label_miou"] == 1.0 and scored["wall_time_s"] == 12.5
+    assert set(scored["pseudo_label_per_class_iou"]) == set(data.class_names)
 
 
 def test_a_failed_job_skips_its_dependents_and_the_rest_go_on() -> None:
@@ -165,6 +207,8 @@ def test_whole_table_on_generated_camvid(tmp_path: Path) -> None:
     for kd_row in ("camvid_mckd-labels0", "camvid_vanilla_kd"):  # the teacher row's stage-0 labels, not new ones
         assert "label-stage0: done already" in (seed / f"{kd_row}.log").read_text(), kd_row
     assert len(k3["stages"]) == 2 and k3["final"]["val_miou"] is not None
+    ceiling = json.loads((seed / camvid_quality.CEILING / "results.json").read_text())
+    assert ceiling["stages"][0]["pseudo_label_miou"] == 1.0 and ceiling["final"]["val_miou"] is not None
     table = docs.read_text()
     assert camvid_quality.BEGIN in table and "| MCKD K=3 |" in table and "RESULT " in proc.stdout
     assert "| stage 2 |" in table  # per-class IoU of the K=3 labels, stage by stage
