@@ -128,6 +128,18 @@ def test_ground_truth_replaces_a_label_stage_and_its_score(tmp_path: Path) -> No
     assert set(scored["pseudo_label_per_class_iou"]) == set(data.class_names)
 
 
+def test_the_ceiling_stops_on_a_frame_without_ground_truth(tmp_path: Path) -> None:
+    dataset = dataset_config("camvid", make_camvid(tmp_path / "camvid", n_train=8, n_val=1))
+    config = tmp_path / "config.yaml"
+    OmegaConf.save({"dataset": dataset}, config)
+    store = PseudoLabelStore(layout.pseudo_label_dir(tmp_path / "exp"), 11)
+    store.write_sample(1, "not_in_the_split", np.zeros((4, 4), np.uint8), np.ones((4, 4), np.float32))
+    store.write_manifest(1, {"partitions": [{"index": 0, "ids": ["not_in_the_split"]}]})
+    with pytest.raises(SystemExit, match="needs the ground truth of all 1 frames of stage 1"):
+        camvid_quality.write_ground_truth_labels(tmp_path / "exp", config, 1)
+    assert np.array_equal(store.reader(1).read("not_in_the_split")["label"], np.zeros((4, 4), np.uint8))
+
+
 def test_a_failed_job_skips_its_dependents_and_the_rest_go_on() -> None:
     ran: list[str] = []
 
