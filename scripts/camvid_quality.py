@@ -392,6 +392,7 @@ def main() -> None:
                         help="only these probes (PROBES' names, quoted), e.g. 'no CutMix'; default: all")
     parser.add_argument("overrides", nargs="*", help="extra mckd-train overrides for every job")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the ceiling's labeling changes directory while other jobs' threads write here
     extra = [f"trainer={args.trainer}", *args.overrides]
     start = time.time()
     if not args.table_only:

@@ -101,12 +101,17 @@ def test_the_ceiling_trains_k2s_final_on_ground_truth(tmp_path: Path) -> None:
     assert "seed0/k2-final" not in ceiling and "seed0/k3-a" not in ceiling
 
 
+def saved_camvid_config(tmp_path: Path) -> Path:
+    """A run's saved Hydra config with generated CamVid (8 train frames: 1 labeled, 7 unlabeled)."""
+    config = tmp_path / "config.yaml"
+    OmegaConf.save({"dataset": dataset_config("camvid", make_camvid(tmp_path / "camvid", n_train=8, n_val=1))}, config)
+    return config
+
+
 def test_ground_truth_replaces_a_label_stage_and_its_score(tmp_path: Path) -> None:
     """The ceiling's stage-1 labels are the unlabeled frames' own masks, confidence 1, and its record scores them."""
-    dataset = dataset_config("camvid", make_camvid(tmp_path / "camvid", n_train=8, n_val=1))
-    config = tmp_path / "config.yaml"
-    OmegaConf.save({"dataset": dataset}, config)
-    data = SegmentationData.build(dataset)
+    config = saved_camvid_config(tmp_path)
+    data = SegmentationData.build(OmegaConf.load(config).dataset)
     unlabeled, exp = data.splits.unlabeled, tmp_path / "exp"
     store = PseudoLabelStore(layout.pseudo_label_dir(exp), data.num_classes)
     for sample in unlabeled:  # a labeler that says "sky" everywhere, half sure
@@ -129,9 +134,7 @@ def test_ground_truth_replaces_a_label_stage_and_its_score(tmp_path: Path) -> No
 
 
 def test_the_ceiling_stops_on_a_frame_without_ground_truth(tmp_path: Path) -> None:
-    dataset = dataset_config("camvid", make_camvid(tmp_path / "camvid", n_train=8, n_val=1))
-    config = tmp_path / "config.yaml"
-    OmegaConf.save({"dataset": dataset}, config)
+    config = saved_camvid_config(tmp_path)
     store = PseudoLabelStore(layout.pseudo_label_dir(tmp_path / "exp"), 11)
     store.write_sample(1, "not_in_the_split", np.zeros((4, 4), np.uint8), np.ones((4, 4), np.float32))
     store.write_manifest(1, {"partitions": [{"index": 0, "ids": ["not_in_the_split"]}]})
