@@ -132,17 +132,22 @@ def label_with_ground_truth(k2: Path, dst: Path) -> None:
     write_ground_truth_labels(dst, k2 / ".hydra" / "config.yaml", 1)
 
 
-# the ablation: each knob of the recipe off, one pair stage on the recipe's teacher and stage-0 labels (a probe);
-# name -> (overrides, whether the probe only relabels with the recipe's students)
-PROBES = {  # in the order they run (after the table's jobs): the most telling first
+# the ablation: each knob of the recipe off, one pair stage on the recipe's teacher (a probe). What a probe takes
+# from the recipe's own run: its students (the probe only relabels), its stage-0 labels (the probe trains new
+# students on them), or its teacher alone (the probe labels stage 0 anew: a knob of the labeler)
+REUSE_STUDENTS, REUSE_LABELS0, REUSE_TEACHER = "students", "stage-0 labels", "teacher"
+PROBES = {  # name -> (overrides, what it reuses), in the order they run (after the table's jobs): most telling first
     "no strong noise": (["student_aug.color_jitter=0", "student_aug.grayscale_prob=0", "student_aug.blur_prob=0",
-                         "student_aug.cutout_prob=0", "student_aug.cutmix_prob=0"], False),
-    "students as long as the teacher": (["train.student_ratio=1"], False),
-    "no label blending (previous_weight=0)": (["pseudo.previous_weight=0"], True),
-    "heavier label blending (previous_weight=0.5)": (["pseudo.previous_weight=0.5"], True),  # the earlier recipe
-    "partitions by video (partition_group)": (["partition_group='^([^_]+)_'"], False),  # the earlier recipe
-    "plus EMA weights (train.ema_decay=0.995)": (["train.ema_decay=0.995"], False),  # an addition, not in the recipe
-    "no CutMix": (["student_aug.cutmix_prob=0"], False),
+                         "student_aug.cutout_prob=0", "student_aug.cutmix_prob=0"], REUSE_LABELS0),
+    "students as long as the teacher": (["train.student_ratio=1"], REUSE_LABELS0),
+    "no label blending (previous_weight=0)": (["pseudo.previous_weight=0"], REUSE_STUDENTS),
+    # the earlier recipe's blending and partitions
+    "heavier label blending (previous_weight=0.5)": (["pseudo.previous_weight=0.5"], REUSE_STUDENTS),
+    "partitions by video (partition_group)": (["partition_group='^([^_]+)_'"], REUSE_LABELS0),
+    # an addition, not in the recipe
+    "plus EMA weights (train.ema_decay=0.995)": (["train.ema_decay=0.995"], REUSE_LABELS0),
+    "no CutMix": (["student_aug.cutmix_prob=0"], REUSE_LABELS0),
+    "labels at one scale, no flip": (["pseudo.scales=[1.0]", "pseudo.flip=false"], REUSE_TEACHER),
 }
 
 
@@ -184,16 +189,17 @@ def seed_jobs(out: Path, seed: int, extra: list[str], probes: bool = False) -> d
         "ceiling-labels": (["k2-labels1"], lambda: label_with_ground_truth(k2, ceiling)),
         "ceiling": (["ceiling-labels"], job("camvid_mckd", teacher, exp=ceiling)),
     }
-    for name, (overrides, relabel_only) in PROBES.items() if probes else ():
+    for name, (overrides, reuses) in PROBES.items() if probes else ():
         d = probe_dir(out, seed, name)
-        if relabel_only:  # the recipe's students, labeling with other settings
+        if reuses == REUSE_STUDENTS:  # the recipe's students, labeling with other settings
             jobs[f"{name}/copy"] = (["k2-a", "k2-b"], lambda d=d: copy_steps(
                 k2, d, [layout.TEACHER, layout.label_step(0), *members], [0]))
             jobs[name] = ([f"{name}/copy"], job("camvid_mckd", teacher, "stage=pairs", *overrides, exp=d))
             continue
+        stage0 = [0] if reuses == REUSE_LABELS0 else []
         start = job("camvid_mckd", teacher, "stage=teacher", *overrides, tag="-labels0", exp=d)
-        jobs[f"{name}/labels0"] = (["k2-labels0"], lambda d=d, start=start: (
-            copy_steps(k2, d, [layout.TEACHER, layout.label_step(0)], [0]), start()))
+        jobs[f"{name}/labels0"] = (["k2-labels0"], lambda d=d, start=start, stage0=stage0: (
+            copy_steps(k2, d, [layout.TEACHER, *map(layout.label_step, stage0)], stage0), start()))
         for m in ("a", "b"):
             jobs[f"{name}/{m}"] = ([f"{name}/labels0"], job("camvid_mckd", teacher, "stage=pairs", f"member={m}",
                                                             *overrides, tag=f"-{m}", exp=d))
@@ -350,9 +356,8 @@ def pair_stage_figures(exp: Path) -> dict | None:
 def ablation_table(out: Path, seeds: list[int]) -> str:
     """Each probe (one knob of the recipe off) against the recipe's own first pair stage, seed by seed."""
     recipe = {s: f for s in seeds if (f := pair_stage_figures(out / f"seed{s}" / "camvid_mckd"))}
-    lines = ["| first pair stage | seeds | students' val mIoU | stage-1 labels (stage 0: teacher) "
-             "| stage-1 labels minus the recipe's (same seed) |", "| --- | --- | ---: | ---: | ---: |"]
-    stage0 = mean_spread([f["labels0"] for f in recipe.values()]) if recipe else "-"
+    lines = ["| first pair stage | seeds | stage-0 labels (teacher) | students' val mIoU | stage-1 labels "
+             "| stage-1 labels minus the recipe's (same seed) |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     rows = [("the recipe (`camvid_mckd`)", recipe)]
     rows += [(name, {s: f for s in recipe if (f := pair_stage_figures(probe_dir(out, s, name)))}) for name in PROBES]
     for name, figures in rows:
@@ -360,11 +365,10 @@ def ablation_table(out: Path, seeds: list[int]) -> str:
             continue
         diffs = [f["labels1"] - recipe[s]["labels1"] for s, f in figures.items()]
         lines.append(f"| {name} | {', '.join(map(str, figures))} | "
-                     f"{mean_spread([f['students'] for f in figures.values()])} | "
-                     f"{mean_spread([f['labels1'] for f in figures.values()])} | "
-                     f"{'-' if figures is recipe else mean_spread(diffs)} |")
-    lines.append(f"\nStage-0 labels (the teacher's, the same in every row of a seed): {stage0}.")
-    return "\n".join(lines) if len(lines) > 3 else ""
+                     + " | ".join(mean_spread([f[key] for f in figures.values()])
+                                  for key in ("labels0", "students", "labels1"))
+                     + f" | {'-' if figures is recipe else mean_spread(diffs)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def write_docs(text: str, docs: Path) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -156,13 +157,36 @@ def test_a_failed_job_skips_its_dependents_and_the_rest_go_on() -> None:
 
 
 def test_probes_reuse_the_recipe_teacher_and_students(tmp_path: Path) -> None:
-    """Every ablation probe starts from the recipe's stage-0 labels; a relabel-only probe trains no student."""
+    """Every ablation probe starts from the recipe's teacher; a relabel-only probe trains no student."""
     jobs = camvid_quality.seed_jobs(tmp_path, 0, [], probes=True)
-    for name, (_, relabel_only) in camvid_quality.PROBES.items():
+    for name, (_, reuses) in camvid_quality.PROBES.items():
         probe = camvid_quality.needed_by(jobs, [f"seed0/{name}"])
         assert "seed0/k2-labels0" in probe and "seed0/k2-final" not in probe
+        relabel_only = reuses == camvid_quality.REUSE_STUDENTS
         assert (f"seed0/{name}/a" in probe) != relabel_only
         assert ("seed0/k2-a" in probe) == relabel_only
+
+
+def test_a_labeler_probe_labels_stage_0_anew(tmp_path: Path) -> None:
+    """A probe of a labeling knob copies the recipe's teacher but not its stage-0 labels; the others copy both."""
+    k2 = tmp_path / "seed0" / "camvid_mckd"
+    stage0 = layout.label_stage_dir(layout.pseudo_label_dir(k2), 0)
+    stage0.mkdir(parents=True)
+    for step in (layout.TEACHER, layout.label_step(0)):
+        layout.record_path(k2, step).parent.mkdir(parents=True, exist_ok=True)
+        layout.record_path(k2, step).write_text("{}")
+    jobs = camvid_quality.seed_jobs(tmp_path, 0, [], probes=True)
+    for name, reuses in [("labels at one scale, no flip", camvid_quality.REUSE_TEACHER),
+                         ("no CutMix", camvid_quality.REUSE_LABELS0)]:
+        assert camvid_quality.PROBES[name][1] == reuses
+        with patch.object(camvid_quality, "run_job") as run_job:
+            jobs[f"seed0/{name}/labels0"][1]()
+        d = camvid_quality.probe_dir(tmp_path, 0, name)
+        assert layout.record_path(d, layout.TEACHER).is_file()
+        copied = reuses == camvid_quality.REUSE_LABELS0
+        assert layout.record_path(d, layout.label_step(0)).is_file() == copied
+        assert layout.label_stage_dir(layout.pseudo_label_dir(d), 0).is_dir() == copied
+        assert "stage=teacher" in run_job.call_args.args[3]
 
 
 def test_one_probe_alone_needs_the_teacher_and_no_other_probe(tmp_path: Path) -> None:
@@ -236,3 +260,20 @@ def test_whole_table_on_generated_camvid(tmp_path: Path) -> None:
     rebuilt = subprocess.run([*cmd, "--table-only"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert rebuilt.returncode == 0 and " seed 0: " not in rebuilt.stdout  # no job ran ("  <preset> seed 0: 12 s")
     assert rebuilt.stdout.split("RESULT ")[1] == proc.stdout.split("RESULT ")[1]
+
+
+def test_ablation_table_shows_each_rows_own_stage_0_labels(tmp_path: Path) -> None:
+    """A labeler probe labels stage 0 anew, so the table gives every row its own stage-0 labels."""
+    def pair_stage(exp: Path, labels0: float, labels1: float) -> None:
+        figures = {layout.label_step(0): {"pseudo_label_miou": labels0},
+                   layout.label_step(1): {"pseudo_label_miou": labels1},
+                   **{m: {"val_miou": 0.5} for m in layout.student_names(1, 2)}}
+        for step, record in figures.items():
+            layout.record_path(exp, step).parent.mkdir(parents=True, exist_ok=True)
+            layout.record_path(exp, step).write_text(json.dumps(record))
+
+    pair_stage(tmp_path / "seed0" / "camvid_mckd", 0.50, 0.55)
+    pair_stage(camvid_quality.probe_dir(tmp_path, 0, "labels at one scale, no flip"), 0.48, 0.52)
+    recipe, probe = camvid_quality.ablation_table(tmp_path, [0]).splitlines()[2:]
+    assert recipe.split(" | ")[2:5] == ["0.5000", "0.5000", "0.5500"]
+    assert probe.split(" | ")[2:] == ["0.4800", "0.5000", "0.5200", "-0.0300 |"]
