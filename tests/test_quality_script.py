@@ -173,8 +173,7 @@ def test_a_labeler_probe_labels_stage_0_anew(tmp_path: Path) -> None:
     stage0 = layout.label_stage_dir(layout.pseudo_label_dir(k2), 0)
     stage0.mkdir(parents=True)
     for step in (layout.TEACHER, layout.label_step(0)):
-        layout.record_path(k2, step).parent.mkdir(parents=True, exist_ok=True)
-        layout.record_path(k2, step).write_text("{}")
+        write_json(layout.record_path(k2, step), {})
     jobs = camvid_quality.seed_jobs(tmp_path, 0, [], probes=True)
     for name, reuses in [("labels at one scale, no flip", camvid_quality.REUSE_TEACHER),
                          ("no CutMix", camvid_quality.REUSE_LABELS0)]:
@@ -269,8 +268,7 @@ def test_ablation_table_shows_each_rows_own_stage_0_labels(tmp_path: Path) -> No
                    layout.label_step(1): {"pseudo_label_miou": labels1},
                    **{m: {"val_miou": 0.5} for m in layout.student_names(1, 2)}}
         for step, record in figures.items():
-            layout.record_path(exp, step).parent.mkdir(parents=True, exist_ok=True)
-            layout.record_path(exp, step).write_text(json.dumps(record))
+            write_json(layout.record_path(exp, step), record)
 
     pair_stage(tmp_path / "seed0" / "camvid_mckd", 0.50, 0.55)
     pair_stage(camvid_quality.probe_dir(tmp_path, 0, "labels at one scale, no flip"), 0.48, 0.52)
