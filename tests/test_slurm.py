@@ -15,9 +15,11 @@ import pytest
 import torch
 from conftest import cli_env
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from slurm_cluster import Cluster, install, timestamp
 from test_reproducible import fingerprint
 
+from mckd.pipeline import jobs as jobs_module
 from mckd.pipeline.jobs import (
     StepCommand,
     base_overrides,
@@ -25,6 +27,7 @@ from mckd.pipeline.jobs import (
     device_overrides,
     job_graph,
     requeue_signal,
+    run_local,
     sbatch_parameters,
     settings,
     unfinished,
@@ -101,6 +104,29 @@ def test_the_step_command_outlives_submitits_requeue_signal():
     if not os.environ.get("SUBMITIT_PREEMPT_SIGNAL"):
         assert requeue_signal() == signal.SIGUSR2  # submitit's sbatch scripts: --signal=USR2@<signal_delay_s>
     assert StepCommand("teacher", argv)() == 0
+
+
+def threads_seen_by_local_jobs(tmp_path: Path, monkeypatch, **launcher) -> dict[str, str]:
+    """Run the K=2 graph with launcher=local on a 4-core machine, each job only writing down its OMP_NUM_THREADS."""
+    def write_threads(job, base, experiment_dir, resources):
+        return [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS'])",
+                str(tmp_path / job.name)]
+
+    monkeypatch.setattr(jobs_module, "command", write_threads)
+    monkeypatch.setattr(jobs_module, "available_cores", lambda: 4)
+    run_local(OmegaConf.create({"gpus_per_job": 0, "gpus": None, "max_parallel": None, **launcher}),
+              job_graph(num_stages=2, num_partitions=2), [], tmp_path)
+    return {name: (tmp_path / name).read_text() for name in ("teacher", "stage1-a", "stage1-b", "label-stage1", "final")}
+
+
+def test_local_cpu_jobs_share_the_cores_instead_of_each_taking_all(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads_seen_by_local_jobs(tmp_path, monkeypatch) == {
+        "teacher": "4", "stage1-a": "2", "stage1-b": "2", "label-stage1": "4", "final": "4"}
+    one_at_a_time = threads_seen_by_local_jobs(tmp_path, monkeypatch, max_parallel=1)
+    assert set(one_at_a_time.values()) == {"4"}, one_at_a_time
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
+    assert set(threads_seen_by_local_jobs(tmp_path, monkeypatch).values()) == {"3"}
 
 
 def test_no_sbatch_is_one_clear_line(tmp_path):

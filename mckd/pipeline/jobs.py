@@ -275,7 +275,8 @@ def print_summary(jobs: Sequence[Job], ids: dict[str, str], folder: Path, experi
 
 def run_local(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str], experiment_dir: Path) -> None:
     """Run the jobs here as processes, each as soon as the jobs it needs finished (pair members at the same time),
-    each pair member on its own `gpus_per_job` GPUs; logs in `<experiment>/jobs/<step>.log`."""
+    each pair member on its own `gpus_per_job` GPUs or, for CPU jobs, its share of the cores (`OMP_NUM_THREADS`,
+    unless already set); logs in `<experiment>/jobs/<step>.log`."""
     log_dir = experiment_dir / layout.JOBS
     log_dir.mkdir(parents=True, exist_ok=True)
     per_job = int(launcher.get("gpus_per_job") or 0)
@@ -298,13 +299,15 @@ def run_local(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str], ex
                 env = {**os.environ, LAUNCHED_ENV: "local"}
                 if per_job:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+                else:
+                    env.setdefault("OMP_NUM_THREADS", str(cpu_threads(job, jobs, slots)))
                 argv = command(job, base, experiment_dir, resources)
                 with (log_dir / f"{job.name}.log").open("ab") as out:
                     out.write(f"$ {shlex.join(argv)}\n".encode())
                     out.flush()
                     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-                log.info("%s: started (pid %d, GPUs %s, log %s)", job.name, proc.pid, ",".join(mine) or "-",
-                         log_dir / f"{job.name}.log")
+                log.info("%s: started (pid %d, GPUs %s, threads %s, log %s)", job.name, proc.pid,
+                         ",".join(mine) or "-", env.get("OMP_NUM_THREADS", "-"), log_dir / f"{job.name}.log")
                 running[job.name] = (proc, mine)
                 waiting.remove(job)
             time.sleep(0.5)
@@ -322,6 +325,17 @@ def run_local(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str], ex
         for proc, _ in running.values():
             proc.terminate()
             proc.wait()
+
+
+def cpu_threads(job: Job, jobs: Sequence[Job], slots: int) -> int:
+    """Threads for a CPU job: this machine's cores shared by the jobs that start with it (its stage's pair members,
+    at most `slots`), since each torch process would otherwise start a thread per core (docs/benchmarks.md)."""
+    together = sum(1 for other in jobs if other.after == job.after)
+    return max(1, available_cores() // max(1, min(slots, together)))
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 def visible_gpus() -> list[str]:
