@@ -19,7 +19,6 @@ from omegaconf import OmegaConf
 from slurm_cluster import Cluster, install, timestamp
 from test_reproducible import fingerprint
 
-from mckd.pipeline import jobs as jobs_module
 from mckd.pipeline.jobs import (
     StepCommand,
     base_overrides,
@@ -30,6 +29,7 @@ from mckd.pipeline.jobs import (
     run_local,
     sbatch_parameters,
     settings,
+    share_cores,
     unfinished,
 )
 
@@ -106,27 +106,35 @@ def test_the_step_command_outlives_submitits_requeue_signal():
     assert StepCommand("teacher", argv)() == 0
 
 
-def threads_seen_by_local_jobs(tmp_path: Path, monkeypatch, **launcher) -> dict[str, str]:
-    """Run the K=2 graph with launcher=local on a 4-core machine, each job only writing down its OMP_NUM_THREADS."""
-    def write_threads(job, base, experiment_dir, resources):
-        return [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS'])",
-                str(tmp_path / job.name)]
+def test_cpu_jobs_side_by_side_share_the_threads_and_a_job_alone_keeps_the_default():
+    assert share_cores(2, 4) == 2
+    assert share_cores(3, 8) == 2       # rounded down
+    assert share_cores(3, 2) == 1       # at least one
+    assert share_cores(1, 8) is None    # alone: torch's default
 
-    monkeypatch.setattr(jobs_module, "command", write_threads)
-    monkeypatch.setattr(jobs_module, "available_cores", lambda: 4)
+
+def threads_seen_by_local_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **launcher) -> dict[str, str]:
+    """Run the K=2 graph with launcher=local where torch would take 4 threads, each job only writing down its
+    OMP_NUM_THREADS ('-': unset)."""
+    def write_threads(job, base, experiment_dir, resources):
+        return [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write(os.environ.get('OMP_NUM_THREADS', '-'))",
+                str(experiment_dir / job.name)]
+
+    monkeypatch.setattr("mckd.pipeline.jobs.command", write_threads)
+    monkeypatch.setattr("mckd.pipeline.jobs.default_threads", lambda: 4)
     run_local(OmegaConf.create({"gpus_per_job": 0, "gpus": None, "max_parallel": None, **launcher}),
               job_graph(num_stages=2, num_partitions=2), [], tmp_path)
     return {name: (tmp_path / name).read_text() for name in ("teacher", "stage1-a", "stage1-b", "label-stage1", "final")}
 
 
-def test_local_cpu_jobs_share_the_cores_instead_of_each_taking_all(tmp_path, monkeypatch):
+def test_local_cpu_pair_members_share_the_cores_instead_of_each_taking_all(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert threads_seen_by_local_jobs(tmp_path, monkeypatch) == {
-        "teacher": "4", "stage1-a": "2", "stage1-b": "2", "label-stage1": "4", "final": "4"}
-    one_at_a_time = threads_seen_by_local_jobs(tmp_path, monkeypatch, max_parallel=1)
-    assert set(one_at_a_time.values()) == {"4"}, one_at_a_time
+    assert threads_seen_by_local_jobs(tmp_path / "both", monkeypatch) == {
+        "teacher": "-", "stage1-a": "2", "stage1-b": "2", "label-stage1": "-", "final": "-"}
+    one_at_a_time = threads_seen_by_local_jobs(tmp_path / "one", monkeypatch, max_parallel=1)
+    assert set(one_at_a_time.values()) == {"-"}, one_at_a_time
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's setting wins
-    assert set(threads_seen_by_local_jobs(tmp_path, monkeypatch).values()) == {"3"}
+    assert set(threads_seen_by_local_jobs(tmp_path / "user", monkeypatch).values()) == {"3"}
 
 
 def test_no_sbatch_is_one_clear_line(tmp_path):
@@ -152,8 +160,11 @@ def slurm(tmp_path_factory):
 
 
 def mckd_train(exp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # one thread in every run: launcher=local's pair members would otherwise get fewer threads than the reference
+    # run's, and the float order, so the digits, would differ
+    env = {**(env or cli_env(exp.parent)), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "mckd.cli", *ARGS, f"hydra.run.dir={exp}", *args],
-                          capture_output=True, text=True, timeout=600, env=env or cli_env(exp.parent))
+                          capture_output=True, text=True, timeout=600, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"mckd-train exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

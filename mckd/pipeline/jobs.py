@@ -275,8 +275,8 @@ def print_summary(jobs: Sequence[Job], ids: dict[str, str], folder: Path, experi
 
 def run_local(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str], experiment_dir: Path) -> None:
     """Run the jobs here as processes, each as soon as the jobs it needs finished (pair members at the same time),
-    each pair member on its own `gpus_per_job` GPUs or, for CPU jobs, its share of the cores (`OMP_NUM_THREADS`,
-    unless already set); logs in `<experiment>/jobs/<step>.log`."""
+    each pair member on its own `gpus_per_job` GPUs; CPU jobs that run side by side share the cores
+    (`OMP_NUM_THREADS`, unless already set); logs in `<experiment>/jobs/<step>.log`."""
     log_dir = experiment_dir / layout.JOBS
     log_dir.mkdir(parents=True, exist_ok=True)
     per_job = int(launcher.get("gpus_per_job") or 0)
@@ -291,16 +291,17 @@ def run_local(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str], ex
     free = list(gpus)
     try:
         while waiting or running:
-            for job in [j for j in waiting if set(j.after) <= done]:
-                if len(running) >= slots:
-                    break
+            ready = [j for j in waiting if set(j.after) <= done]
+            starting = ready[:max(0, slots - len(running))]
+            threads = share_cores(len(running) + len(starting), default_threads()) if starting and not per_job else None
+            for job in starting:
                 mine, free = (free[:per_job], free[per_job:]) if per_job else ([], free)
                 resources = {"gpus_per_node": per_job, "nodes": 1}
                 env = {**os.environ, LAUNCHED_ENV: "local"}
                 if per_job:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
-                else:
-                    env.setdefault("OMP_NUM_THREADS", str(cpu_threads(job, jobs, slots)))
+                elif threads is not None:
+                    env.setdefault("OMP_NUM_THREADS", str(threads))
                 argv = command(job, base, experiment_dir, resources)
                 with (log_dir / f"{job.name}.log").open("ab") as out:
                     out.write(f"$ {shlex.join(argv)}\n".encode())
@@ -327,15 +328,18 @@ def run_local(launcher: DictConfig, jobs: Sequence[Job], base: Sequence[str], ex
             proc.wait()
 
 
-def cpu_threads(job: Job, jobs: Sequence[Job], slots: int) -> int:
-    """Threads for a CPU job: this machine's cores shared by the jobs that start with it (its stage's pair members,
-    at most `slots`), since each torch process would otherwise start a thread per core (docs/benchmarks.md)."""
-    together = sum(1 for other in jobs if other.after == job.after)
-    return max(1, available_cores() // max(1, min(slots, together)))
+def share_cores(together: int, threads: int) -> int | None:
+    """OMP_NUM_THREADS for each of `together` CPU jobs running side by side: torch's default `threads` (one per
+    core) shared among them, rounded down, at least 1, since each would otherwise start a thread per core
+    (docs/benchmarks.md). None for a job that runs alone: it keeps torch's default."""
+    return max(1, threads // together) if together > 1 else None
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0))
+def default_threads() -> int:
+    """torch's intra-op thread count in this process (the launcher's): one per core it may use."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def visible_gpus() -> list[str]:
