@@ -37,12 +37,22 @@ class FakeLabels:
         return {"label": mask, "confidence": np.full(mask.shape, 255, np.uint8)}
 
 
-def student_items(*overrides: str) -> tuple[list[dict], list[dict]]:
+class OddClassesUnsure(FakeLabels):
+    """Ground truth as labels, labeled surely (255) on even classes and at confidence 100/255 on odd ones."""
+
+    def read(self, sample_id: str) -> dict:
+        stored = super().read(sample_id)
+        stored["confidence"][stored["label"] % 2 == 1] = 100
+        return stored
+
+
+def student_items(*overrides: str, labels: type[FakeLabels] = FakeLabels,
+                  threshold: float = 0.0) -> tuple[list[dict], list[dict]]:
     """One pass over a student's training set without random scale/flip: (pseudo-labeled items, labeled items)."""
     cfg = compose_train("debug=smoke", "dataset.scale_range=[1.0,1.0]", "dataset.hflip=false", *overrides)
     data = SegmentationData.build(cfg.dataset)
-    dm = PseudoLabelDataModule(data, data.splits.unlabeled, FakeLabels(data), labeled_weight=1.0,
-                               strong=cfg.student_aug)
+    dm = PseudoLabelDataModule(data, data.splits.unlabeled, labels(data), labeled_weight=1.0,
+                               confidence_threshold=threshold, strong=cfg.student_aug)
     pseudo, labeled = dm.train_set.datasets
     return [pseudo[i] for i in range(len(pseudo))], [labeled[i] for i in range(len(labeled))]
 
@@ -59,6 +69,17 @@ def test_strong_noise_reaches_pseudo_labeled_images_and_never_ground_truth():
         erased = noisy["mask"] == 255
         assert erased.any() and not (plain["mask"] == 255).any()  # CutOut ignores its box in the labels
         assert torch.allclose(grey[0][~erased], grey[1][~erased], atol=1e-5)  # grayscale: equal channels
+
+
+def test_confidence_threshold_ignores_the_less_sure_pseudo_labels_only():
+    plain_pseudo, plain_labeled = student_items(*NO_NOISE, labels=OddClassesUnsure)
+    kept_pseudo, kept_labeled = student_items(*NO_NOISE, labels=OddClassesUnsure, threshold=0.5)
+    for plain, kept in zip(plain_labeled, kept_labeled):  # ground truth: untouched
+        assert torch.equal(plain["mask"], kept["mask"])
+    for plain, kept in zip(plain_pseudo, kept_pseudo):
+        unsure = (plain["mask"] % 2 == 1) & (plain["mask"] != 255)  # confidence 100/255 < 0.5
+        assert unsure.any() and (kept["mask"][unsure] == 255).all()
+        assert torch.equal(kept["mask"][~unsure], plain["mask"][~unsure])
 
 
 def test_cutmix_mixes_per_sample_never_with_itself_nor_ground_truth():
