@@ -147,7 +147,7 @@ PROBES = {  # name -> (overrides, what it reuses), in the order they run (after 
     # an addition, not in the recipe
     "plus EMA weights (train.ema_decay=0.995)": (["train.ema_decay=0.995"], REUSE_LABELS0),
     "no CutMix": (["student_aug.cutmix_prob=0"], REUSE_LABELS0),
-    # an addition, not in the recipe: UniMatch's 0.95 confidence threshold on the stored labels
+    # UniMatch's conf_thresh (0.95), here on the stored labels
     "plus a confidence threshold (confidence_threshold=0.95)": (["pseudo.confidence_threshold=0.95"], REUSE_LABELS0),
     "labels at one scale, no flip": (["pseudo.scales=[1.0]", "pseudo.flip=false"], REUSE_TEACHER),
 }
