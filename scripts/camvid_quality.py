@@ -149,6 +149,8 @@ PROBES = {  # name -> (overrides, what it reuses), in the order they run (after 
     "no CutMix": (["student_aug.cutmix_prob=0"], REUSE_LABELS0),
     # UniMatch's conf_thresh (0.95), here on the stored labels
     "plus a confidence threshold (confidence_threshold=0.95)": (["pseudo.confidence_threshold=0.95"], REUSE_LABELS0),
+    # a lower one that keeps more of the rare classes (0.95 keeps 3% of the teacher's bicyclist pixels, 0.8 about 18%)
+    "plus a lower confidence threshold (confidence_threshold=0.8)": (["pseudo.confidence_threshold=0.8"], REUSE_LABELS0),
     "labels at one scale, no flip": (["pseudo.scales=[1.0]", "pseudo.flip=false"], REUSE_TEACHER),
 }
 
