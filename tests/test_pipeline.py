@@ -18,9 +18,10 @@ import mckd
 from mckd.cli import run_pipeline
 from mckd.data import Sample, SegmentationData
 from mckd.data.synthetic import CLASS_NAMES
-from mckd.layout import student_names
+from mckd.layout import FINAL, TEACHER, student_names
 from mckd.modules import StudentModule
 from mckd.pipeline.partition import PartitionError, partition, stage_partitions
+from mckd.pipeline.results import verdicts
 from mckd.pipeline.store import IncompleteStageError, PseudoLabelStore
 
 CONF = str(Path(mckd.__file__).parent / "conf")
@@ -340,3 +341,16 @@ def test_multirun_sweep_summary(tmp_path):
     assert len(rows) == 2 and all(r["final_val_miou"] is not None for r in rows)
     assert [len(r["pseudo_label_miou"]) for r in rows] == [1, 2]
     assert (sweep / "summary.md").is_file()
+
+
+def test_verdicts_compare_the_final_student_with_the_teacher_once() -> None:
+    """Vanilla KD (no pair stage) gets one final-vs-teacher line; MCKD gets the stage lines and both final lines."""
+    teacher = {"val_miou": 0.5, "pseudo_label_miou": 0.4}
+    final = {"val_miou": 0.6}
+    vanilla = verdicts({TEACHER: teacher, "stages": [], FINAL: final})
+    assert vanilla == ["final student val mIoU vs teacher: 0.5000 -> 0.6000 (+0.1000)"]
+    stage = {"stage": 1, "pseudo_label_miou": 0.45, "students": [{"val_miou": 0.55}, {"val_miou": 0.57}]}
+    mckd = verdicts({TEACHER: teacher, "stages": [stage], FINAL: final})
+    assert [line.split(":")[0] for line in mckd] == [
+        "stage 1 pseudo-labels vs teacher's", "stage 1 students' mean val mIoU vs teacher",
+        "final student val mIoU vs stage 1", "final student vs teacher val mIoU"]

@@ -92,7 +92,7 @@ def verdicts(results: dict) -> list[str]:
     if final is not None and prev_val is not None:
         lines.append(f"final student val mIoU vs {prev_name}: {prev_val:.4f} -> {final['val_miou']:.4f} "
                      f"({final['val_miou'] - prev_val:+.4f})")
-    if final is not None and teacher.get("val_miou") is not None:
+    if final is not None and teacher.get("val_miou") is not None and results["stages"]:  # else the line above
         lines.append(f"final student vs teacher val mIoU: {teacher['val_miou']:.4f} -> {final['val_miou']:.4f} "
                      f"({final['val_miou'] - teacher['val_miou']:+.4f})")
     return lines
