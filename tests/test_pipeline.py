@@ -350,7 +350,7 @@ def test_verdicts_compare_the_final_student_with_the_teacher_once() -> None:
     vanilla = verdicts({TEACHER: teacher, "stages": [], FINAL: final})
     assert vanilla == ["final student val mIoU vs teacher: 0.5000 -> 0.6000 (+0.1000)"]
     stage = {"stage": 1, "pseudo_label_miou": 0.45, "students": [{"val_miou": 0.55}, {"val_miou": 0.57}]}
-    mckd = verdicts({TEACHER: teacher, "stages": [stage], FINAL: final})
-    assert [line.split(":")[0] for line in mckd] == [
+    with_pairs = verdicts({TEACHER: teacher, "stages": [stage], FINAL: final})
+    assert [line.split(":")[0] for line in with_pairs] == [
         "stage 1 pseudo-labels vs teacher's", "stage 1 students' mean val mIoU vs teacher",
         "final student val mIoU vs stage 1", "final student vs teacher val mIoU"]
