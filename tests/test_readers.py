@@ -285,6 +285,19 @@ def test_networks_run_channels_last_and_return_contiguous_nchw_logits(arch):
     torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("encoder", ["mobilenet_v2", "resnet18"])
+def test_every_trainable_parameter_gets_a_gradient_when_the_encoder_is_shallower(encoder):
+    # DDP stops at the first step when a trainable parameter gets no gradient (unet_mobilenet_v2_small's depth 4)
+    model = build_model({"arch": "Unet", "encoder": encoder, "encoder_weights": None, "encoder_depth": 4,
+                         "decoder_channels": [64, 32, 16, 8]}, 3)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert any(not p.requires_grad for p in model.parameters())  # smp's unused deepest stage, frozen
+    full = build_model({"arch": "Unet", "encoder": encoder, "encoder_weights": None}, 3)
+    assert all(p.requires_grad for p in full.parameters())
+
+
 def test_folder_image_without_mask_is_unlabeled_and_none_with_a_mask_names_the_cause(tmp_path):
     root = make_camvid(tmp_path, n_train=2, n_val=1)
     (root / "trainannot" / "0001TP_train_0001.png").unlink()

@@ -126,7 +126,19 @@ def _smp_model(cfg: Mapping, num_classes: int, weights: str | None) -> Segmentat
     except OSError as err:  # hub weights without internet
         raise ModelConfigError("encoder_weights", weights, f"cannot load them ({one_line(str(err))[:200]}); hub "
                                "weights need internet: use a local .pth file, or null") from None
+    freeze_unused_stages(net.encoder, extra.get("encoder_depth", 5))
     return SegmentationNet(net, pad_multiple=32)
+
+
+def freeze_unused_stages(encoder: nn.Module, depth: int) -> None:
+    """Stop training the encoder stages deeper than `depth` (stride above 2**depth): smp builds every stage and
+    drops their output, so they never get a gradient, which DDP refuses (`trainer=ddp` with an `encoder_depth: 4`
+    model such as unet_mobilenet_v2_small). The weights stay in the state dict, so checkpoints load either way."""
+    stages = encoder.get_stages() if hasattr(encoder, "get_stages") else {}
+    for stride, modules in stages.items():
+        if stride > 2 ** depth:
+            for module in modules:
+                module.requires_grad_(False)
 
 
 def check_smp_names(arch, encoder) -> None:
