@@ -287,7 +287,7 @@ def test_networks_run_channels_last_and_return_contiguous_nchw_logits(arch):
 
 @pytest.mark.parametrize("encoder", ["mobilenet_v2", "resnet18"])
 def test_every_trainable_parameter_gets_a_gradient_when_the_encoder_is_shallower(encoder):
-    # DDP stops at the first step when a trainable parameter gets no gradient (unet_mobilenet_v2_small's depth 4)
+    # DDP stops at its second step when a trainable parameter got no gradient (unet_mobilenet_v2_small's depth 4)
     model = build_model({"arch": "Unet", "encoder": encoder, "encoder_weights": None, "encoder_depth": 4,
                          "decoder_channels": [64, 32, 16, 8]}, 3)
     model(torch.randn(2, 3, 64, 64)).sum().backward()
