@@ -141,6 +141,8 @@ CASES = [
     Case("batch_size=0", ("dataset.batch_size=0",), ("dataset.batch_size=0", ">= 1")),
     Case("cutmix_prob=1.5", ("student_aug.cutmix_prob=1.5",), ("student_aug.cutmix_prob=1.5", "[0, 1]")),
     Case("soft loss without soft labels", ("student_loss.soft_weight=1",), ("student_loss.soft_weight=1", "soft_topk")),
+    Case("warm start with repartition", ("num_stages=3", "warm_start=true", "repartition=true"),
+         ("warm_start=true with repartition=true", "set one of them false")),
     Case("partition_group not a regex", ("partition_group='[a-'",), ("partition_group='[a-'", "regular expression")),
     Case("crop_size=[64]", ("dataset.crop_size=[64]",), ("dataset.crop_size=[64]", "[height, width]")),
     Case("missing teacher_checkpoint", ("teacher_checkpoint={tmp}/nowhere.ckpt",),

@@ -71,6 +71,29 @@ def test_strong_noise_reaches_pseudo_labeled_images_and_never_ground_truth():
         assert torch.allclose(grey[0][~erased], grey[1][~erased], atol=1e-5)  # grayscale: equal channels
 
 
+def test_student_colour_jitter_replaces_the_datasets_on_pseudo_labeled_images_even_when_zero():
+    plain_pseudo, plain_labeled = student_items(*NO_NOISE)
+    pseudo, labeled = student_items(*NO_NOISE, "dataset.color_jitter=0.4")
+    for plain, item in zip(plain_pseudo, pseudo):  # student_aug.color_jitter=0: no jitter
+        assert torch.equal(plain["image"], item["image"])
+    assert any(not torch.equal(plain["image"], item["image"]) for plain, item in zip(plain_labeled, labeled))
+
+
+@pytest.mark.parametrize("fraction, per_batch", [(0.5, 2), (0.25, 1)])
+def test_labeled_fraction_reaches_every_student_batch(tmp_path, fraction, per_batch):
+    """The pipeline's student DataModule draws `labeled_fraction` of each batch (4 here) from the labeled split."""
+    from types import SimpleNamespace
+
+    from mckd.pipeline.orchestrator import Pipeline
+
+    pipe = Pipeline(compose_train("debug=smoke", f"experiment_dir={tmp_path}", f"labeled_fraction={fraction}"))
+    dm = pipe.pseudo_label_data(pipe.data.splits.unlabeled, SimpleNamespace(unreliable=()), "stage1-a")
+    num_pseudo = len(dm.train_set.datasets[0])
+    items = [i for i, _ in dm.train_sampler()]
+    batches = [items[b:b + 4] for b in range(0, len(items), 4)]
+    assert batches and all(sum(i >= num_pseudo for i in batch) == per_batch for batch in batches)
+
+
 def test_confidence_threshold_ignores_the_less_sure_pseudo_labels_only():
     plain_pseudo, plain_labeled = student_items(*NO_NOISE, labels=OddClassesUnsure)
     kept_pseudo, kept_labeled = student_items(*NO_NOISE, labels=OddClassesUnsure, threshold=0.5)
@@ -189,7 +212,9 @@ def test_ema_weights_are_what_is_saved_and_scored(tmp_path, monkeypatch):
 def test_smoke_pipeline_with_every_knob_on(tmp_path, extra):
     results = smoke(tmp_path / "exp", *STRONG, "labeled_fraction=0.5", "train.student_ratio=2",
                     "pseudo.scales=[0.75,1.0,1.5]", "pseudo.previous_weight=0.3", "num_stages=3",
-                    "student_aug.cutmix_prob=1.0", "repartition=true", "train.ema_decay=0.9", *extra)
+                    "student_aug.cutmix_prob=1.0", "repartition=true", "train.ema_decay=0.9",
+                    "pseudo.confidence_threshold=0.3", "train.teacher_epochs=3", "pseudo.reliable_fraction=0.5",
+                    "student_loss.dice_weight=1", "labeled_weight=2", *extra)
     assert [s["stage"] for s in results["stages"]] == [1, 2]
     assert results["final"]["val_miou"] is not None
     manifest = json.loads((tmp_path / "exp" / "pseudo_labels" / "stage2" / "manifest.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import subprocess
@@ -198,6 +199,20 @@ def test_end_to_end(tmp_path, num_stages, num_partitions):
         per_class = record["pseudo_label_per_class_iou"]  # which classes the labels keep or lose, stage by stage
         assert list(per_class) == list(CLASS_NAMES) and np.nanmean(list(per_class.values())) == pytest.approx(record["pseudo_label_miou"])
     check_cross_labeling(exp, num_stages, num_partitions)
+    check_last_epoch_reported(exp, res)
+
+
+def check_last_epoch_reported(exp: Path, res: dict) -> None:
+    """The last epoch's val mIoU (what the model ended at, not the epoch val picked) is what its CSV log shows
+    last, and results.md has it beside best.ckpt's."""
+    with open(exp / "logs" / "final" / "version_0" / "metrics.csv") as f:
+        logged = [float(row["val/miou"]) for row in csv.DictReader(f) if row["val/miou"]]
+    assert res["final"]["last_val_miou"] == pytest.approx(logged[-1], abs=1e-4)
+    header, *rows = [line for line in (exp / "results.md").read_text().splitlines() if line.startswith("| ")]
+    cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in rows}
+    assert header.split(" | ")[:3] == ["| step", "val mIoU", "last epoch"]
+    assert cells["final"][1] == f"{res['final']['val_miou']:.4f}"
+    assert cells["final"][2] == f"{res['final']['last_val_miou']:.4f}"
 
 
 def test_soft_labels_and_threshold_run(tmp_path):

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from mckd.cli import run_pipeline
+from mckd.models.factory import model_config
 
 CONF_DIR = Path(str(resources.files("mckd") / "conf"))
 SPLITS_DIR = Path(str(resources.files("mckd") / "splits"))
@@ -134,6 +135,10 @@ def test_standard_settings(name: str, tmp_path: Path) -> None:
     assert cfg.student.encoder == "resnet50"
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4 and cfg.trainer.sync_batchnorm
     assert cfg.optim.name == "sgd" and cfg.optim.poly_power == 0.9 and cfg.dataset.batch_size == 2
+    networks = [model_config(node, cfg.dataset.crop_size) for node in (cfg.teacher, cfg.student)]
+    output_stride, rates = (8, [12, 24, 36]) if family == "cityscapes" else (16, [6, 12, 18])  # UniMatch's
+    for net in networks:
+        assert net.get("encoder_output_stride", 16) == output_stride and net["decoder_atrous_rates"] == rates
     if family == "cityscapes":
         assert cfg.dataset.split.unlabeled_list == f"cityscapes/{split}/unlabeled.txt"
         assert list(cfg.dataset.crop_size) == [801, 801] and cfg.optim.lr == 0.005

@@ -79,7 +79,7 @@ class SegmentationData:
         return train_transform(
             crop_size=_size(cfg["crop_size"]), base_size=_size(cfg.get("base_size")),
             scale_range=tuple(strong.get("scale_range") or cfg["scale_range"]), hflip=cfg.get("hflip", True),
-            color_jitter=float(strong.get("color_jitter") or cfg.get("color_jitter", 0.0)), **noise,
+            color_jitter=float(strong.get("color_jitter", cfg.get("color_jitter", 0.0))), **noise,
         )
 
     def eval_transform(self) -> v2.Compose:

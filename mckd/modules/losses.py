@@ -1,4 +1,5 @@
-"""Training losses: hard cross-entropy (ignore 255, per-sample weights), soft KD with temperature, Dice."""
+"""Training losses: hard cross-entropy, soft KD with temperature and Dice, each with per-sample weights (a
+labeled image's `labeled_weight`, 1 for a pseudo-labeled one) and ignoring label 255."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.losses import DiceLoss
 
 from mckd.data.source import IGNORE_INDEX
 
@@ -20,8 +20,9 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
 
 
 def soft_distillation(logits: torch.Tensor, soft_ids: torch.Tensor, soft_probs: torch.Tensor,
-                      temperature: float = 1.0) -> torch.Tensor:
-    """KL(target || student) on the stored top-k class probabilities, scaled by T^2."""
+                      weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(target || student) on the stored top-k class probabilities, scaled by T^2; averaged over labeled
+    pixels, each sample's pixels scaled by its weight (as in `weighted_cross_entropy`)."""
     valid = soft_ids[:, 0] != IGNORE_INDEX
     ids = soft_ids.clamp_max(logits.shape[1] - 1)
     target = soft_probs.float().clamp_min(0)
@@ -30,7 +31,23 @@ def soft_distillation(logits: torch.Tensor, soft_ids: torch.Tensor, soft_probs: 
     target = target / target.sum(1, keepdim=True).clamp_min(1e-8)
     log_q = F.log_softmax(logits.float() / temperature, dim=1).gather(1, ids)
     kl = (target * (target.clamp_min(1e-8).log() - log_q)).sum(1)
-    return (kl * valid).sum() / valid.sum().clamp_min(1) * temperature**2
+    return (kl * valid * weight.view(-1, 1, 1).float()).sum() / valid.sum().clamp_min(1) * temperature**2
+
+
+def weighted_dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """segmentation-models-pytorch's multiclass DiceLoss (soft Dice over the whole batch, mean over the classes
+    present, label 255 ignored), with each sample's pixels counted `weight` times: smp's DiceLoss has no sample
+    weights. Equal to it when every weight is 1; a weight of 2 equals the sample twice in the batch."""
+    probs = logits.float().log_softmax(dim=1).exp()
+    valid = target != IGNORE_INDEX
+    truth = F.one_hot(torch.where(valid, target, 0), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    w = (weight.view(-1, 1, 1).float() * valid).unsqueeze(1)  # N, 1, H, W
+    dims = (0, 2, 3)
+    intersection = (probs * truth * w).sum(dims)
+    cardinality = ((probs + truth) * w).sum(dims)
+    loss = 1.0 - 2.0 * intersection / cardinality.clamp_min(eps)
+    present = (truth * w).sum(dims) > 0  # smp: a class absent from the batch adds 0
+    return (loss * present).mean()
 
 
 class SegmentationLoss(torch.nn.Module):
@@ -41,7 +58,6 @@ class SegmentationLoss(torch.nn.Module):
         super().__init__()
         self.ce_weight, self.soft_weight, self.dice_weight = ce_weight, soft_weight, dice_weight
         self.temperature = temperature
-        self.dice = DiceLoss("multiclass", ignore_index=IGNORE_INDEX) if dice_weight else None
 
     @classmethod
     def from_config(cls, cfg: Mapping | None) -> SegmentationLoss:
@@ -55,8 +71,8 @@ class SegmentationLoss(torch.nn.Module):
             parts["ce"] = self.ce_weight * weighted_cross_entropy(logits, batch["mask"], weight)
         if self.soft_weight and "soft_ids" in batch:
             parts["kd"] = self.soft_weight * soft_distillation(logits, batch["soft_ids"], batch["soft_probs"],
-                                                                self.temperature)
-        if self.dice is not None:
-            parts["dice"] = self.dice_weight * self.dice(logits.float(), batch["mask"])
+                                                                weight, self.temperature)
+        if self.dice_weight:
+            parts["dice"] = self.dice_weight * weighted_dice(logits, batch["mask"], weight)
         parts["loss"] = sum(parts.values())
         return parts

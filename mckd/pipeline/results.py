@@ -55,20 +55,25 @@ def _seconds(*values: float | None) -> str:
     return "-" if not known else f"{sum(known):.0f}"
 
 
-def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
-    """(step, val mIoU, test mIoU, pseudo-label mIoU, seconds) per model, in pipeline order."""
+def summary_rows(results: dict) -> list[tuple[str, ...]]:
+    """(step, val mIoU, last-epoch val mIoU, test mIoU, pseudo-label mIoU, seconds) per model, in pipeline order:
+    val mIoU is best.ckpt's, the epoch val picked; the last epoch's is beside it, since val also did the picking."""
     rows = []
     if (t := results.get(TEACHER)) is not None:
-        rows.append((TEACHER, score(t["val_miou"]), score(t["test_miou"]), score(t["pseudo_label_miou"]),
+        rows.append((TEACHER, *_scores(t), score(t["pseudo_label_miou"]),
                      _seconds(t["wall_time_s"], t["label_wall_time_s"])))
     for stage in results["stages"]:
         for s in stage["students"]:
-            rows.append((s["name"], score(s["val_miou"]), score(s["test_miou"]), "", _seconds(s["wall_time_s"])))
-        rows.append((f"stage{stage['stage']} labels", "", "", score(stage["pseudo_label_miou"]),
+            rows.append((s["name"], *_scores(s), "", _seconds(s["wall_time_s"])))
+        rows.append((f"stage{stage['stage']} labels", "", "", "", score(stage["pseudo_label_miou"]),
                      _seconds(stage["label_wall_time_s"])))
     if (f := results.get(FINAL)) is not None:
-        rows.append((FINAL, score(f["val_miou"]), score(f["test_miou"]), "", _seconds(f["wall_time_s"])))
+        rows.append((FINAL, *_scores(f), "", _seconds(f["wall_time_s"])))
     return rows
+
+
+def _scores(model: dict) -> tuple[str, str, str]:
+    return score(model["val_miou"]), score(model.get("last_val_miou")), score(model["test_miou"])
 
 
 def verdicts(results: dict) -> list[str]:
@@ -99,8 +104,8 @@ def verdicts(results: dict) -> list[str]:
 
 
 def results_markdown(results: dict) -> str:
-    table = markdown_table(("step", "val mIoU", "test mIoU", "pseudo-label mIoU", "seconds"), summary_rows(results),
-                           right=(1, 2, 3, 4))
+    table = markdown_table(("step", "val mIoU", "last epoch", "test mIoU", "pseudo-label mIoU", "seconds"),
+                           summary_rows(results), right=(1, 2, 3, 4, 5))
     lines = [f"# {results['experiment']} ({results['dataset']}, K={results['num_stages']}, "
              f"N={results['num_partitions']})", "", *table, ""]
     lines += [f"- {v}" for v in verdicts(results)]

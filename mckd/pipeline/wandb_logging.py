@@ -253,16 +253,17 @@ class WandbTracker:
         return out
 
     def summary_rows(self) -> tuple[list[str], list[list]]:
-        """One row per finished model: val/test mIoU, the mIoU of the pseudo-labels it made, time, per-class IoU."""
+        """One row per finished model: val/test mIoU (best.ckpt's, and the last epoch's val mIoU), the mIoU of the
+        pseudo-labels it made, time, per-class IoU."""
         classes = self.data.class_names
-        columns = ["step", "stage", "val_miou", "test_miou", "pseudo_label_miou", "wall_time_s",
+        columns = ["step", "stage", "val_miou", "last_val_miou", "test_miou", "pseudo_label_miou", "wall_time_s",
                    *(f"iou/{c}" for c in classes)]
         rows = []
         for name, _, record in model_steps(self.cfg, self.exp):
             stage = 0 if name == TEACHER else self.cfg.num_stages if name == FINAL else int(record.stage or 0)
             labels = None if name == FINAL else self.exp.label_record(stage)
             per_class = record.per_class_iou or {}
-            rows.append([name, stage, record.val_miou, record.test_miou,
+            rows.append([name, stage, record.val_miou, record.last_val_miou, record.test_miou,
                          None if labels is None else labels.pseudo_label_miou, record.wall_time_s,
                          *(per_class.get(c) for c in classes)])
         return columns, rows
