@@ -326,7 +326,9 @@ class TrainConfig:
     # a regex over sample ids whose first group keeps samples together (e.g. '^([^_]+)_' for CamVid's video
     # sequences): a student never sees frames next to those it labels
     partition_group: str | None = setting(None, text("a regular expression"))
-    warm_start: bool = False  # pair students start from the previous stage's student of the same partition
+    # pair students start from the previous stage's student of the same partition (not with repartition: that
+    # student may have trained on the images its successor labels)
+    warm_start: bool = False
     # students also train on the labeled split with this loss weight (0: not at all)
     labeled_weight: float = setting(1.0, number(0))
     # share of every student batch drawn from the labeled split (ST++/UniMatch's 1:1); null: the labeled split's

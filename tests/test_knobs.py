@@ -81,7 +81,7 @@ def test_student_colour_jitter_replaces_the_datasets_on_pseudo_labeled_images_ev
 
 @pytest.mark.parametrize("fraction, per_batch", [(0.5, 2), (0.25, 1)])
 def test_labeled_fraction_reaches_every_student_batch(tmp_path, fraction, per_batch):
-    """The pipeline's student DataModule draws `labeled_fraction` of each batch (4 here) from the labeled split."""
+    """The pipeline's student DataModule draws `labeled_fraction` of each batch from the labeled split."""
     from types import SimpleNamespace
 
     from mckd.pipeline.orchestrator import Pipeline
@@ -89,8 +89,9 @@ def test_labeled_fraction_reaches_every_student_batch(tmp_path, fraction, per_ba
     pipe = Pipeline(compose_train("debug=smoke", f"experiment_dir={tmp_path}", f"labeled_fraction={fraction}"))
     dm = pipe.pseudo_label_data(pipe.data.splits.unlabeled, SimpleNamespace(unreliable=()), "stage1-a")
     num_pseudo = len(dm.train_set.datasets[0])
-    items = [i for i, _ in dm.train_sampler()]
-    batches = [items[b:b + 4] for b in range(0, len(items), 4)]
+    items, size = [i for i, _ in dm.train_sampler()], dm.data.cfg["batch_size"]
+    assert size == 4  # debug=smoke
+    batches = [items[b:b + size] for b in range(0, len(items), size)]
     assert batches and all(sum(i >= num_pseudo for i in batch) == per_batch for batch in batches)
 
 

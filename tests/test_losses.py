@@ -25,10 +25,12 @@ def terms(weight: tuple[float, ...]) -> dict[str, float]:
     return {k: v.item() for k, v in loss(logits, data).items()}
 
 
-def test_dice_is_smps_dice_loss_when_every_weight_is_one():
+@pytest.mark.parametrize("absent_class", [False, True])
+def test_dice_is_smps_dice_loss_when_every_weight_is_one(absent_class):
     logits, data = batch((1.0, 1.0))
-    expected = DiceLoss("multiclass", ignore_index=255)(logits, data["mask"])
-    assert weighted_dice(logits, data["mask"], data["weight"]).item() == pytest.approx(expected.item(), abs=1e-6)
+    mask = data["mask"].masked_fill(data["mask"] == C - 1, 0) if absent_class else data["mask"]
+    expected = DiceLoss("multiclass", ignore_index=255)(logits, mask)
+    assert weighted_dice(logits, mask, data["weight"]).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_a_weight_of_two_counts_a_samples_pixels_twice_in_dice():

@@ -21,8 +21,8 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
 
 def soft_distillation(logits: torch.Tensor, soft_ids: torch.Tensor, soft_probs: torch.Tensor,
                       weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(target || student) on the stored top-k class probabilities, scaled by T^2; averaged over labeled
-    pixels, each sample's pixels scaled by its weight (as in `weighted_cross_entropy`)."""
+    """KL(target || student) on the stored top-k class probabilities, scaled by T^2; averaged over the pixels with
+    a soft label, each sample's pixels scaled by its weight (as in `weighted_cross_entropy`)."""
     valid = soft_ids[:, 0] != IGNORE_INDEX
     ids = soft_ids.clamp_max(logits.shape[1] - 1)
     target = soft_probs.float().clamp_min(0)
@@ -35,9 +35,10 @@ def soft_distillation(logits: torch.Tensor, soft_ids: torch.Tensor, soft_probs: 
 
 
 def weighted_dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """segmentation-models-pytorch's multiclass DiceLoss (soft Dice over the whole batch, mean over the classes
-    present, label 255 ignored), with each sample's pixels counted `weight` times: smp's DiceLoss has no sample
-    weights. Equal to it when every weight is 1; a weight of 2 equals the sample twice in the batch."""
+    """segmentation-models-pytorch's multiclass DiceLoss (soft Dice per class over the whole batch, mean over all
+    classes with 0 for a class absent from the batch, label 255 ignored), with each sample's pixels counted
+    `weight` times: smp's DiceLoss has no sample weights. Equal to it when every weight is 1; a weight of 2
+    equals the sample twice in the batch."""
     probs = logits.float().log_softmax(dim=1).exp()
     valid = target != IGNORE_INDEX
     truth = F.one_hot(torch.where(valid, target, 0), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)

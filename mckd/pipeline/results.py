@@ -73,7 +73,7 @@ def summary_rows(results: dict) -> list[tuple[str, ...]]:
 
 
 def _scores(model: dict) -> tuple[str, str, str]:
-    return score(model["val_miou"]), score(model.get("last_val_miou")), score(model["test_miou"])
+    return score(model["val_miou"]), score(model["last_val_miou"]), score(model["test_miou"])
 
 
 def verdicts(results: dict) -> list[str]:

@@ -85,7 +85,7 @@ def check_values(cfg: DictConfig) -> None:
     check_stages(cfg)
     check_reliable_fraction(cfg)
     check_partition_group(cfg.get("partition_group"))
-    if value(cfg, "warm_start") is True and value(cfg, "repartition") is True:
+    if value(cfg, "warm_start") is True and value(cfg, "repartition") is True and cfg.num_stages > 2:
         raise ConfigError("warm_start=true with repartition=true: a warm-started student would label images its "
                           "starting weights trained on (the partitions change every stage); set one of them false")
     if value(cfg, "student_loss.soft_weight") and not value(cfg, "pseudo.soft_topk"):
