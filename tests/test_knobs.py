@@ -14,10 +14,11 @@ from torch import nn
 from mckd import layout
 from mckd.data import PredictDataModule, PseudoLabelDataModule, SegmentationData, SegmentationDataModule
 from mckd.models.factory import fit_atrous_rates, resolve_input_fitted
-from mckd.modules.inference import class_probs, stored_probs
+from mckd.modules.inference import class_probs, per_sample_labels, share_matching_offsets, stored_probs
 from mckd.modules.segmentation import Labeler, SegmentationModule, StudentModule, cutmix
 from mckd.pipeline.store import PseudoLabelStore
 from mckd.pipeline.validate import ConfigError, check_values
+from mckd.visualize import class_counts
 
 STRONG = ("student_aug.color_jitter=0.5", "student_aug.color_jitter_prob=1.0", "student_aug.grayscale_prob=1.0",
           "student_aug.blur_prob=1.0", "student_aug.cutout_prob=1.0")
@@ -154,6 +155,42 @@ def test_label_ensemble_with_the_previous_stage_is_the_weighted_mean():
     assert torch.allclose(labeler.blend_previous("x", new), 0.75 * new + 0.25 * old)
 
 
+def test_share_matching_offsets_give_each_class_its_target_share():
+    probs = (torch.randn(20000, 5, generator=torch.Generator().manual_seed(0))
+             + torch.tensor([2.0, 0, 0, -1, -2])).softmax(1)
+    shares = torch.tensor([50.0, 20, 15, 10, 5])
+    assert (probs.argmax(1) == 0).float().mean() > 0.8  # without offsets: far from those shares
+    offsets = share_matching_offsets(probs, shares)
+    labels = (probs.log() + offsets).argmax(1)
+    assert torch.bincount(labels, minlength=5).float() / len(labels) == pytest.approx((shares / 100).tolist(), abs=2e-3)
+    assert offsets.sum().abs() < 1e-4  # centred: only differences between classes matter
+
+
+def test_labels_are_the_argmax_of_the_offset_log_probabilities():
+    probs = torch.rand(1, 3, 4, 5).softmax(1)
+    batch = {"id": ["x"], "size": torch.tensor([[4, 5]]), "input_size": torch.tensor([[4, 5]])}
+    offsets = torch.tensor([0.0, 0.3, -0.2])
+    item = per_sample_labels(probs, batch, offsets=offsets)[0]
+    assert torch.equal(item["label"], (probs[0].log() + offsets.view(-1, 1, 1)).argmax(0).int())
+    assert torch.equal(per_sample_labels(probs, batch, offsets=torch.zeros(3))[0]["label"], probs[0].argmax(0).int())
+    assert (per_sample_labels(probs, batch, offsets=torch.tensor([0.0, 0.0, 50.0]))[0]["label"] == 2).all()
+
+
+def test_match_class_shares_gives_each_labeler_the_labeled_ground_truths_shares(tmp_path):
+    """Stage 0 (the teacher) and stage 1 (each student on the partition it never saw): every labeler's labels hold
+    each class in its share of the labeled split's ground-truth pixels."""
+    exp = tmp_path / "exp"
+    smoke(exp, "pseudo.match_class_shares=true", "pictures.enabled=false")
+    data = SegmentationData.build(compose_train("debug=smoke").dataset)
+    labeled = np.array(class_counts((data.source.read_mask(s) for s in data.splits.labeled), data.num_classes))
+    store = PseudoLabelStore(layout.pseudo_label_dir(exp), data.num_classes)
+    for stage in (0, 1):
+        reader = store.reader(stage)
+        for part in store.manifest(stage)["partitions"]:
+            counts = np.array(class_counts((reader.read(i)["label"] for i in part["ids"]), data.num_classes))
+            assert counts / counts.sum() == pytest.approx(labeled / labeled.sum(), abs=0.01), (stage, part["index"])
+
+
 def test_atrous_rates_fit_the_input():
     assert fit_atrous_rates((64, 64)) == [1, 2, 3]
     assert fit_atrous_rates((513, 513)) == [6, 12, 18]
@@ -215,7 +252,7 @@ def test_smoke_pipeline_with_every_knob_on(tmp_path, extra):
                     "pseudo.scales=[0.75,1.0,1.5]", "pseudo.previous_weight=0.3", "num_stages=3",
                     "student_aug.cutmix_prob=1.0", "repartition=true", "train.ema_decay=0.9",
                     "pseudo.confidence_threshold=0.3", "train.teacher_epochs=3", "pseudo.reliable_fraction=0.5",
-                    "student_loss.dice_weight=1", "labeled_weight=2", *extra)
+                    "student_loss.dice_weight=1", "labeled_weight=2", "pseudo.match_class_shares=true", *extra)
     assert [s["stage"] for s in results["stages"]] == [1, 2]
     assert results["final"]["val_miou"] is not None
     manifest = json.loads((tmp_path / "exp" / "pseudo_labels" / "stage2" / "manifest.json").read_text())

@@ -316,14 +316,20 @@ def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_ddp_cpu_labels_equal_single_process(tmp_path):
+@pytest.mark.parametrize("match_shares", [False, True])
+def test_ddp_cpu_labels_equal_single_process(tmp_path, match_shares):
+    """Two ranks label as one process does; with pseudo.match_class_shares the offsets are fitted on every
+    rank's pixels together (gathered), as one process fits them on all."""
     from mckd.data import PredictDataModule
     from mckd.modules import Labeler, SegmentationModule
+    from mckd.modules.inference import share_matching_offsets
     from mckd.pipeline.labeling import PseudoLabelWriter
+    from mckd.visualize import class_counts
 
     exp = tmp_path / "exp"
     run_cli(tmp_path, "stage=teacher", "debug=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-            "trainer.precision=32-true", "trainer.sync_batchnorm=false", f"hydra.run.dir={exp}")
+            "trainer.precision=32-true", "trainer.sync_batchnorm=false", f"hydra.run.dir={exp}",
+            f"pseudo.match_class_shares={str(match_shares).lower()}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # one experiment directory, not one per rank
     manifest = json.loads((exp / "pseudo_labels" / "stage0" / "manifest.json").read_text())
     ids = manifest["partitions"][0]["ids"]
@@ -336,9 +342,16 @@ def test_ddp_cpu_labels_equal_single_process(tmp_path):
     teacher = SegmentationModule.from_checkpoint(str(exp / "checkpoints" / "teacher" / "best.ckpt")).net
     import lightning as L
 
+    labeler = Labeler([teacher], flip=True, scales=cfg.pseudo.scales)
+    if match_shares:
+        labeler.sample_pixels = True
+        batches = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False).predict(labeler, dm)
+        shares = class_counts((data.source.read_mask(s) for s in data.splits.labeled), data.num_classes)
+        labeler.sample_pixels = False
+        labeler.offsets = share_matching_offsets(torch.cat([g for b in batches for g in b]), torch.tensor(shares))
+        assert labeler.offsets.abs().max() > 0.1  # the teacher's own labels are far from those shares
     L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-              callbacks=[PseudoLabelWriter(single, 0)]).predict(Labeler([teacher], flip=True, scales=cfg.pseudo.scales), datamodule=dm,
-                                                                return_predictions=False)
+              callbacks=[PseudoLabelWriter(single, 0)]).predict(labeler, datamodule=dm, return_predictions=False)
     ddp = PseudoLabelStore(exp / "pseudo_labels", dm.num_classes)
     for sample_id in ids:
         a = ddp.stage_dir(0) / "labels" / f"{sample_id}.png"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -131,15 +132,75 @@ def stability_scores(nets: Sequence[nn.Module], batch: dict, window: Sequence[in
     return scores
 
 
-def per_sample_labels(probs: torch.Tensor, batch: dict, soft_topk: int = 0,
-                      blend: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
-    """Per sample, at its original size: hard label, confidence (max prob), and optional top-k ids and probs;
-    `blend(id, probs)` may first mix in another distribution (e.g. the previous stage's labels)."""
-    out = []
+def grid_pixels(probs: torch.Tensor, limit: int = 4096) -> torch.Tensor:
+    """The pixels of a CxHxW map on a regular grid of at most `limit` points, as an (n, C) tensor: a fixed-size
+    sample of every image, so that fitting class offsets over a whole split fits in memory at any image size."""
+    c, h, w = probs.shape
+    step = max(1, math.ceil(math.sqrt(h * w / limit)))
+    return probs[:, ::step, ::step].reshape(c, -1).T
+
+
+def share_matching_offsets(probs: torch.Tensor, shares: torch.Tensor, sweeps: int = 50,
+                           tolerance: float = 1e-3) -> torch.Tensor:
+    """Per-class offsets b to the log-probabilities of `probs` (n pixels x C) such that argmax(log p + b) gives
+    each class its share in `shares` of the pixels: DARS's re-distribution of biased pseudo-labels (He et al.,
+    ICCV 2021), which matches the labeled set's class distribution with per-class thresholds, here with offsets.
+
+    Class by class, an offset is set to the value that gives that class exactly its share with the others' fixed
+    (a quantile of its margins); sweeps repeat until every share is within `tolerance` (total variation). The
+    offsets that came closest are returned, centred on 0."""
+    scores = probs.float().clamp_min(1e-12).log()
+    n, classes = scores.shape
+    target = shares.double() / shares.sum()
+    wanted = (target * n).round().long().clamp(0, n).tolist()
+    offsets = torch.zeros(classes)
+
+    def distance(b: torch.Tensor) -> float:
+        counts = torch.bincount((scores + b).argmax(1), minlength=classes).double()
+        return 0.5 * float((counts / n - target).abs().sum())
+
+    best, best_distance = offsets.clone(), distance(offsets)
+    for _ in range(sweeps):
+        if best_distance < tolerance:
+            break
+        for c in range(classes):
+            others = (scores + offsets).index_fill(1, torch.tensor([c]), float("-inf")).amax(1)
+            margins = others - scores[:, c]  # class c wins a pixel when its offset exceeds the pixel's margin
+            k = wanted[c]
+            low = margins.kthvalue(k).values if k > 0 else margins.min() - 1
+            high = margins.kthvalue(k + 1).values if k < n else margins.max() + 1
+            offsets[c] = (low + high) / 2
+        offsets -= offsets.mean()
+        current = distance(offsets)
+        if current < best_distance:
+            best, best_distance = offsets.clone(), current
+    return best
+
+
+def shifted(probs: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """CxHxW probabilities with per-class `offsets` added to their logarithms, normalised again."""
+    return (probs.clamp_min(1e-12).log() + offsets.to(probs.device).view(-1, 1, 1)).softmax(0)
+
+
+def per_sample_probs(probs: torch.Tensor, batch: dict,
+                     blend: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+    """Each sample's CxHxW probabilities at its original size; `blend(id, probs)` may mix in another distribution
+    (e.g. the previous stage's labels)."""
     for i, sample_id in enumerate(batch["id"]):
         p = original_size_probs(probs, batch, i)
-        if blend is not None:
-            p = blend(sample_id, p)
+        yield p if blend is None else blend(sample_id, p)
+
+
+def per_sample_labels(probs: torch.Tensor, batch: dict, soft_topk: int = 0,
+                      blend: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+                      offsets: torch.Tensor | None = None) -> list[dict]:
+    """Per sample, at its original size: hard label, confidence (max prob), and optional top-k ids and probs;
+    `blend(id, probs)` may first mix in another distribution (e.g. the previous stage's labels), and `offsets`
+    then shift the classes (`share_matching_offsets`)."""
+    out = []
+    for sample_id, p in zip(batch["id"], per_sample_probs(probs, batch, blend)):
+        if offsets is not None:
+            p = shifted(p, offsets)
         confidence, label = p.max(0)
         item = {"id": sample_id, "label": label.to(torch.int32).cpu(), "confidence": confidence.cpu()}
         if soft_topk:

@@ -18,7 +18,9 @@ from mckd.models import build_model
 from mckd.modules.inference import (
     InferenceSettings,
     class_probs,
+    grid_pixels,
     per_sample_labels,
+    per_sample_probs,
     predictions_and_truth,
     stability_scores,
     stored_probs,
@@ -196,17 +198,21 @@ class Labeler(L.LightningModule):
     """Labels images with the mean class probabilities of several networks (cross-labeling ensembles), over
     flips and scales; with `previous` (a reader of the last stage's labels), the result is
     `(1 - previous_weight) * new + previous_weight * previous`. With `stability` (earlier checkpoints, then the
-    final one), each item also gets its image's `stability_scores` (pseudo.reliable_fraction)."""
+    final one), each item also gets its image's `stability_scores` (pseudo.reliable_fraction). `offsets` shift
+    the classes before the labels are taken (pseudo.match_class_shares); `sample_pixels` makes it predict a grid
+    of each image's probabilities instead of labels (what those offsets are fitted on)."""
 
     def __init__(self, nets: Sequence[nn.Module], flip: bool = False, window: Sequence[int] | None = None,
                  stride: Sequence[int] | None = None, soft_topk: int = 0, scales: Sequence[float] = (1.0,),
-                 previous=None, previous_weight: float = 0.0, stability: Sequence[nn.Module] = ()):
+                 previous=None, previous_weight: float = 0.0, stability: Sequence[nn.Module] = (),
+                 offsets: torch.Tensor | None = None, sample_pixels: bool = False):
         super().__init__()
         self.nets = nn.ModuleList(nets)
         self.stability = nn.ModuleList(stability)
         self.flip, self.window, self.stride, self.soft_topk = flip, window, stride, soft_topk
         self.scales = tuple(scales)
         self.previous, self.previous_weight = previous, previous_weight
+        self.offsets, self.sample_pixels = offsets, sample_pixels
 
     def blend_previous(self, sample_id: str, probs: torch.Tensor) -> torch.Tensor:
         old = stored_probs(self.previous.read(sample_id), probs.shape[0]).to(probs.device)
@@ -215,7 +221,9 @@ class Labeler(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         probs = class_probs(list(self.nets), batch["image"], self.flip, self.window, self.stride, self.scales)
         blend = self.blend_previous if self.previous is not None and self.previous_weight > 0 else None
-        items = per_sample_labels(probs, batch, self.soft_topk, blend)
+        if self.sample_pixels:
+            return [grid_pixels(p).cpu() for p in per_sample_probs(probs, batch, blend)]
+        items = per_sample_labels(probs, batch, self.soft_topk, blend, self.offsets)
         if len(self.stability):
             scores = stability_scores(list(self.stability), batch, self.window, self.stride)
             for item, score in zip(items, scores):

@@ -29,6 +29,15 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def gather(value: object) -> list:
+    """Every process's `value`, in rank order, when running distributed; [value] otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        out = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, value)
+        return out
+    return [value]
+
+
 def set_aside(path: Path) -> Path:
     """Rename a damaged file to `<name>.corrupt-<UTC time>` beside it, kept for inspection; returns the new path."""
     aside = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")

@@ -6,6 +6,7 @@ interrupted training resumes from its last checkpoint, so re-running an experime
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from omegaconf import DictConfig
 
@@ -25,6 +27,7 @@ from mckd.data.datamodule import (
     SegmentationDataModule,
 )
 from mckd.data.source import Sample
+from mckd.errors import MckdError
 from mckd.layout import (
     BEST,
     FINAL,
@@ -39,8 +42,9 @@ from mckd.layout import (
 )
 from mckd.models import model_config
 from mckd.modules import Labeler, SegmentationModule, StudentModule
+from mckd.modules.inference import share_matching_offsets
 from mckd.modules.segmentation import mean_iou
-from mckd.pipeline.experiment import Experiment, MissingStepError, barrier, is_rank_zero
+from mckd.pipeline.experiment import Experiment, MissingStepError, barrier, gather, is_rank_zero
 from mckd.pipeline.identity import record_identity, teacher_checkpoint
 from mckd.pipeline.labeling import PseudoLabelWriter, pseudo_label_iou
 from mckd.pipeline.lightning_io import AtomicCheckpointIO, ResumingCSVLogger, cluster_plugins
@@ -51,10 +55,11 @@ from mckd.pipeline.reliability import SnapshotCheckpoint, least_stable, reliable
 from mckd.pipeline.results import write_results
 from mckd.pipeline.store import UNRELIABLE, StageReader
 from mckd.pipeline.validate import validate
-from mckd.progress import show_progress
+from mckd.progress import progress, show_progress
 from mckd.records import LabelRecord, ModelRecord
 from mckd.schema import plain
 from mckd.seeding import step_seed
+from mckd.visualize import class_counts
 
 log = logging.getLogger("mckd")
 
@@ -210,6 +215,8 @@ class Pipeline:
             labeler = Labeler(nets, flip=pseudo.flip, window=pseudo.window, stride=pseudo.stride,
                               soft_topk=pseudo.soft_topk, scales=pseudo.get("scales") or (1.0,), previous=previous,
                               previous_weight=previous_weight, stability=stability)
+            if pseudo.get("match_class_shares"):
+                labeler.offsets = self.class_offsets(name, labeler, samples)
             self.trainer(name, callbacks=[writer], logger=False).predict(labeler, datamodule=datamodule,
                                                                          return_predictions=False)
         barrier()
@@ -229,6 +236,30 @@ class Pipeline:
                                              wall_time_s=round(time.time() - start, 1)))
             log.info("%s: pseudo-label mIoU %s", name, "n/a" if miou is None else f"{miou:.4f}")
         barrier()
+
+    def class_offsets(self, name: str, labeler: Labeler, samples: list[Sample]) -> torch.Tensor:
+        """pseudo.match_class_shares: per-class offsets that give `labeler`'s labels of `samples` (all of them, so
+        that a resumed labeling fits the same ones) the class shares of the labeled ground truth."""
+        labeler.sample_pixels = True
+        try:
+            batches = self.trainer(name, logger=False).predict(labeler, datamodule=PredictDataModule(self.data, samples))
+        finally:
+            labeler.sample_pixels = False
+        pixels = torch.cat([grid for rank in gather([g for batch in batches for g in batch]) for grid in rank])
+        offsets = share_matching_offsets(pixels, self.labeled_shares)
+        log.info("%s: class offsets %s (pseudo.match_class_shares)", name,
+                 ", ".join(f"{c} {b:+.2f}" for c, b in zip(self.data.class_names, offsets.tolist())))
+        return offsets
+
+    @functools.cached_property
+    def labeled_shares(self) -> torch.Tensor:
+        """Pixels per class of the labeled split's ground truth."""
+        masks = (self.data.source.read_mask(s) for s in progress(self.data.splits.labeled, desc="class counts"))
+        counts = torch.tensor(class_counts(masks, self.data.num_classes), dtype=torch.float64)
+        if not counts.sum():
+            raise MckdError("pseudo.match_class_shares=true: the labeled split's masks hold no class pixel (all "
+                            "ignore), so there are no shares to match; set it to false")
+        return counts
 
     def unreliable(self, stage: int, samples: list[Sample]) -> dict:
         """The manifest's record of pseudo.reliable_fraction: the share kept and the ids left out."""
