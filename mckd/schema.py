@@ -269,8 +269,9 @@ class PseudoConfig:
     previous_weight: float = setting(0.0, fraction())
     # per-class offsets fitted on each labeler's predictions so that its labels hold each class in the labeled
     # ground truth's share of the pixels (DARS, He et al. 2021): the rare classes a labeler under-predicts get
-    # their pixels back instead of fading stage by stage
-    match_class_shares: bool = False
+    # their pixels back instead of fading stage by stage (synthetic: higher labels and final students in every
+    # seed measured, docs/benchmarks.md); labeling predicts every image twice
+    match_class_shares: bool = True
     window: list[int] | None = setting(None, size())  # [h, w]: sliding-window inference
     stride: list[int] | None = setting(None, size())  # [h, w] window stride; null: the window (no overlap)
     soft_topk: int = setting(0, integer(0))  # also store the top-k class probabilities (fp16)
